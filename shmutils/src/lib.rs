@@ -1,0 +1,35 @@
+//! Typed data structures shared between processes through POSIX shared
+//! memory, safely.
+//!
+//! ```
+//! use shmutils::{shm_unlink, MapFlags, MapProtections, MappedMemory, Mode, ShmFd};
+//! # let name = format!("/shmutils-doc-lib-{}", std::process::id());
+//! let fd = ShmFd::open(&name, Mode::CreateExclusive)?;
+//! fd.truncate(4096)?;
+//! let mut m = MappedMemory::new(None, 4096, MapProtections::READ_WRITE, MapFlags::SHARED, Some(&fd))?;
+//! m.init(0, 1923u64)?;
+//! assert_eq!(*m.get::<u64>(0)?, 1923);
+//! shm_unlink(&name)?;
+//! # Ok::<(), shmutils::Error>(())
+//! ```
+//!
+//! The layers, each using only those above it: [`shm`] (named memory),
+//! [`shared`] (what may be stored), [`mmap`] (mappings).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+#[allow(dead_code)] // the futex and thread helpers are for the lock layer
+mod sys;
+
+pub mod error;
+pub mod mmap;
+pub mod shared;
+pub mod shm;
+
+pub use error::{Error, Result};
+pub use mmap::{
+    munmap, page_size, round_to_page_size, AbsoluteMemory, MapFlags, MapProtections, MappedMemory,
+    RelativeMemory,
+};
+pub use shared::Shared;
+pub use shm::{shm_unlink, Mode, ShmFd};

@@ -1,0 +1,255 @@
+//! Every `libc` call of the crate, each wrapped once.
+//!
+//! The rest of the crate never sees `-1` or `errno`: each wrapper returns an
+//! `io::Result` (or a plain value where the call cannot fail).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Turns a `-1`-on-error return value into an `io::Result`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `shm_open(3)`: opens (or creates) a named shared memory object.
+pub(crate) fn shm_open(name: &CStr, oflag: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the
+    // call; shm_open has no other memory-safety preconditions.
+    let fd = cvt(unsafe { libc::shm_open(name.as_ptr(), oflag, mode as libc::mode_t) })?;
+    // SAFETY: shm_open returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `shm_unlink(3)`: removes a name; mappings of the object stay valid.
+pub(crate) fn shm_unlink(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    cvt(unsafe { libc::shm_unlink(name.as_ptr()) }).map(drop)
+}
+
+/// `ftruncate(2)`.
+pub(crate) fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length does not fit off_t"))?;
+    // SAFETY: the descriptor is borrowed, so it is open for the whole call.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
+}
+
+/// What `fstat(2)` tells about a shared memory object.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FileStat {
+    pub(crate) size: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+}
+
+/// `fstat(2)`.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of one `stat`; the descriptor is open.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it initialised the whole struct.
+    let st = unsafe { st.assume_init() };
+    Ok(FileStat {
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mode: st.st_mode,
+        uid: st.st_uid,
+    })
+}
+
+/// `fchmod(2)`.
+pub(crate) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: the descriptor is borrowed, so it is open for the whole call.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `mmap(2)`. Returns the address of the new mapping.
+///
+/// # Safety
+/// With `MAP_FIXED` the caller must own whatever was mapped at `addr`
+/// before: the kernel silently replaces it.
+pub(crate) unsafe fn mmap(
+    addr: usize,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: Option<BorrowedFd<'_>>,
+    offset: u64,
+) -> io::Result<*mut u8> {
+    let raw_fd = fd.map_or(-1, |fd| fd.as_raw_fd());
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset does not fit off_t"))?;
+    // SAFETY: the caller upholds the MAP_FIXED contract; any other mmap only
+    // creates a new mapping and touches no existing memory.
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, raw_fd, offset) };
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p.cast())
+    }
+}
+
+/// `munmap(2)`.
+///
+/// # Safety
+/// `addr..addr + len` must be a mapping the caller owns and that nothing
+/// references any more.
+pub(crate) unsafe fn munmap(addr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range and no reference into it survives.
+    cvt(unsafe { libc::munmap(addr.cast(), len) }).map(drop)
+}
+
+/// `mprotect(2)`.
+///
+/// # Safety
+/// The caller must own the range and must not access it afterwards in a way
+/// the new protection forbids.
+pub(crate) unsafe fn mprotect(addr: *mut u8, len: usize, prot: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller owns the range and accepts the new protection.
+    cvt(unsafe { libc::mprotect(addr.cast(), len, prot) }).map(drop)
+}
+
+/// `madvise(2)`.
+///
+/// # Safety
+/// The caller must own the range; advice such as `MADV_DONTNEED` discards
+/// private contents.
+pub(crate) unsafe fn madvise(addr: *mut u8, len: usize, advice: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller owns the range and accepts the advice's effect.
+    cvt(unsafe { libc::madvise(addr.cast(), len, advice) }).map(drop)
+}
+
+/// The system page size (`sysconf(_SC_PAGESIZE)`), read once.
+pub(crate) fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// The calling thread's kernel id, unique among live threads of the pid
+/// namespace (a lock word records it as the owner).
+pub(crate) fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Whether a thread (or process) with kernel id `tid` exists.
+///
+/// `kill(tid, 0)` sends nothing; it fails with `ESRCH` once the id is gone
+/// and with `EPERM` when it belongs to another user (who is alive). Ids that
+/// cannot name a thread (0, or above `i32::MAX`) are reported dead.
+pub(crate) fn thread_alive(tid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(tid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// How a [`futex_wait`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FutexWait {
+    /// Woken by a `futex_wake` (or spuriously).
+    Woken,
+    /// The word no longer held the expected value when the call started.
+    Changed,
+    /// The timeout elapsed.
+    TimedOut,
+    /// A signal interrupted the wait.
+    Interrupted,
+}
+
+/// `futex(FUTEX_WAIT)` on a word that may live in shared memory: sleeps while
+/// `*word == expected`, at most `timeout`. Not `FUTEX_PRIVATE_FLAG`, so it
+/// pairs with [`futex_wake`] from any process mapping the same page.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned u32 for the whole call and `ts_ptr`
+    // is null or points to a timespec that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if r == 0 {
+        return FutexWait::Woken;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => FutexWait::Changed,
+        Some(libc::ETIMEDOUT) => FutexWait::TimedOut,
+        Some(libc::EINTR) => FutexWait::Interrupted,
+        // EFAULT/EINVAL cannot happen for a valid &AtomicU32; treat as a
+        // spurious wake so callers re-check their condition.
+        _ => FutexWait::Woken,
+    }
+}
+
+/// `futex(FUTEX_WAKE)`: wakes up to `n` waiters of `word`, in any process.
+/// Returns how many were woken.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE reads nothing else.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    usize::try_from(r).unwrap_or(0)
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`).
+pub(crate) fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes.
+        let r = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += r as usize;
+    }
+    Ok(())
+}
