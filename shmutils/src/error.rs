@@ -88,6 +88,23 @@ pub enum Error {
         /// The length asked for.
         len: usize,
     },
+    /// A handle's text or byte form could not be parsed.
+    InvalidHandle {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A value was asked for as one type but was stored as another (their
+    /// layout fingerprints differ).
+    TypeMismatch {
+        /// The type asked for.
+        expected: String,
+        /// Its fingerprint.
+        expected_fingerprint: u64,
+        /// The type found (its name, where known).
+        found: String,
+        /// The fingerprint found.
+        found_fingerprint: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -128,6 +145,19 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "cannot map {len} bytes at {addr:#x}: the range is in use"
+                )
+            }
+            Error::InvalidHandle { reason } => write!(f, "invalid handle: {reason}"),
+            Error::TypeMismatch {
+                expected,
+                expected_fingerprint,
+                found,
+                found_fingerprint,
+            } => {
+                write!(
+                    f,
+                    "type mismatch: expected `{expected}` (fingerprint {expected_fingerprint:#018x}), \
+                     found {found} (fingerprint {found_fingerprint:#018x})"
                 )
             }
         }

@@ -22,11 +22,13 @@
 mod sys;
 
 pub mod error;
+pub mod handle;
 pub mod mmap;
 pub mod shared;
 pub mod shm;
 
 pub use error::{Error, Result};
+pub use handle::Handle;
 pub use mmap::{
     munmap, page_size, round_to_page_size, AbsoluteMemory, MapFlags, MapProtections, MappedMemory,
     RelativeMemory,
