@@ -74,6 +74,51 @@ struct Pair<A, B> {
     b: B,
 }
 
+/// A stand-in for the heap layer's `RelPtr<T>`: an offset whose
+/// fingerprint names its target without using the target's fingerprint (so
+/// recursive types have no const cycle).
+#[repr(transparent)]
+struct Link<T> {
+    _offset: u32,
+    _target: std::marker::PhantomData<T>,
+}
+
+// SAFETY: a u32 is valid for every bit pattern and is not an address.
+unsafe impl<T: Shared> Shared for Link<T> {
+    const NAME: &'static str = "Link";
+    const FINGERPRINT: u64 = shmutils::shared::Fingerprint::new("Link")
+        .str(T::NAME)
+        .finish();
+}
+
+// SAFETY: a u32: no padding, no interior mutability.
+unsafe impl<T: Shared> shmutils::shared::Plain for Link<T> {}
+
+/// The shape of the list node in DESIGN.md: a field whose type names the
+/// struct itself. Bounds on field types would overflow the trait solver
+/// here; the derive bounds only the type parameters.
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Node<T: Shared> {
+    value: T,
+    next: Link<Node<T>>,
+}
+
+/// `Self` in field types, in a non-generic and a generic struct.
+#[derive(SharedStruct)]
+#[repr(C)]
+struct List {
+    head: Link<Self>,
+    len: u32,
+}
+
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Tree<T: Shared> {
+    children: [Link<Self>; 2],
+    value: T,
+}
+
 const BASE: i16 = 100;
 
 #[derive(SharedStruct, Clone, Copy, Debug, PartialEq)]
@@ -220,6 +265,33 @@ fn generic_structs() {
     };
     assert_eq!(nested.as_bytes().len(), 16);
     assert_eq!(&nested.as_bytes()[12..], &7u32.to_ne_bytes());
+}
+
+#[test]
+fn recursive_and_self_referencing_structs() {
+    assert_ne!(Node::<u64>::FINGERPRINT, Node::<u32>::FINGERPRINT);
+    assert_eq!(Node::<u64>::sizeof(), 16);
+    let n = Node {
+        value: 5u32,
+        next: Link {
+            _offset: 64,
+            _target: std::marker::PhantomData,
+        },
+    };
+    assert_eq!(&n.as_bytes()[4..], &64u32.to_ne_bytes());
+
+    assert_eq!(List::sizeof(), 8);
+    let l = List {
+        head: Link {
+            _offset: 9,
+            _target: std::marker::PhantomData,
+        },
+        len: 1,
+    };
+    assert_eq!(&l.as_bytes()[..4], &9u32.to_ne_bytes());
+    assert_ne!(List::FINGERPRINT, Node::<u32>::FINGERPRINT);
+    assert_eq!(Tree::<u64>::sizeof(), 16);
+    assert_ne!(Tree::<u64>::FINGERPRINT, Tree::<u32>::FINGERPRINT);
 }
 
 #[test]

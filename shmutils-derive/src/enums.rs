@@ -52,13 +52,7 @@ pub fn expand(input: &DeriveInput, data: &DataEnum) -> syn::Result<TokenStream> 
             ));
         }
     }
-    if let Some(mut first) = errors.pop() {
-        for mut e in errors.into_iter().rev() {
-            e.combine(first);
-            first = e;
-        }
-        return Err(first);
-    }
+    crate::combine(errors)?;
     let int = int.expect("an error was returned above when there is no integer repr");
     let int_str = int.to_string();
     let name_str = name.to_string();

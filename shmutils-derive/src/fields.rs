@@ -4,7 +4,26 @@
 //! Everything else is checked by the compiler (`Shared` bounds), whose
 //! message comes from `#[diagnostic::on_unimplemented]` on `Shared`.
 
+use syn::visit_mut::VisitMut;
 use syn::{Type, TypePath};
+
+/// `ty` with every `Self` replaced by `self_ty`, so that generated items
+/// outside the struct's impls (where `Self` means nothing) can name it.
+pub fn replace_self(ty: &Type, self_ty: &Type) -> Type {
+    struct ReplaceSelf<'a>(&'a Type);
+    impl VisitMut for ReplaceSelf<'_> {
+        fn visit_type_mut(&mut self, ty: &mut Type) {
+            if is_ident(ty, "Self") {
+                *ty = self.0.clone();
+            } else {
+                syn::visit_mut::visit_type_mut(self, ty);
+            }
+        }
+    }
+    let mut ty = ty.clone();
+    ReplaceSelf(self_ty).visit_type_mut(&mut ty);
+    ty
+}
 
 /// Why `ty` cannot be a field of a shared struct, and what to use instead;
 /// `None` when the syntax alone does not rule it out.
@@ -111,6 +130,24 @@ mod tests {
             let msg = message(ty).unwrap_or_else(|| panic!("`{shown}` was not rejected"));
             assert!(msg.contains(alternative), "`{shown}`: {msg}");
         }
+    }
+
+    #[test]
+    fn replaces_self_at_any_depth() {
+        let self_ty: Type = parse_quote!(Node<T, N>);
+        let ty: Type = parse_quote!([RelPtr<Self>; 2]);
+        let replaced = replace_self(&ty, &self_ty);
+        let expected: Type = parse_quote!([RelPtr<Node<T, N>>; 2]);
+        assert_eq!(
+            quote::quote!(#replaced).to_string(),
+            quote::quote!(#expected).to_string()
+        );
+        let plain: Type = parse_quote!(SelfDescribing<u8>);
+        let kept = replace_self(&plain, &self_ty);
+        assert_eq!(
+            quote::quote!(#kept).to_string(),
+            quote::quote!(#plain).to_string()
+        );
     }
 
     #[test]

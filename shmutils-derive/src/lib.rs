@@ -42,6 +42,18 @@ pub fn derive_shared_struct(input: TokenStream) -> TokenStream {
         .into()
 }
 
+/// All of `errors` as one error (each still at its own span), or `Ok` when
+/// there are none.
+fn combine(errors: Vec<syn::Error>) -> syn::Result<()> {
+    match errors.into_iter().reduce(|mut all, e| {
+        all.combine(e);
+        all
+    }) {
+        Some(all) => Err(all),
+        None => Ok(()),
+    }
+}
+
 fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     match &input.data {
         Data::Struct(data) => structs::expand(input, data),

@@ -12,26 +12,28 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{
-    parse_quote, DataStruct, DeriveInput, Fields, GenericParam, Generics, Index, Member, Type,
-    WhereClause,
+    parse_quote, DataStruct, DeriveInput, GenericParam, Generics, Index, Member, Type, WhereClause,
 };
 
 use crate::fields;
 use crate::repr::Repr;
 
 /// A field: how to name it in `offset_of!`, its name in the fingerprint
-/// (the identifier, or the index of a tuple field), and its type.
-struct Field<'a> {
+/// (the identifier, or the index of a tuple field), and its type with
+/// `Self` spelled out (generated free items cannot say `Self`), spanned at
+/// the type as written.
+struct Field {
     member: Member,
     name: String,
-    ty: &'a Type,
+    ty: Type,
+    span: Span,
 }
 
 /// A struct that passed validation.
 struct Valid<'a> {
     input: &'a DeriveInput,
     repr: Repr,
-    fields: Vec<Field<'a>>,
+    fields: Vec<Field>,
     /// The struct's generics with `T: ::shmutils::Shared` added to each
     /// type parameter.
     generics: Generics,
@@ -85,44 +87,35 @@ fn validate<'a>(input: &'a DeriveInput, data: &'a DataStruct) -> syn::Result<Val
             ));
         }
     }
-    let fields: Vec<Field<'a>> = match &data.fields {
-        Fields::Named(named) => named
-            .named
-            .iter()
-            .map(|f| {
-                let ident = f.ident.clone().expect("named fields have identifiers");
-                Field {
-                    name: ident.to_string(),
-                    member: Member::Named(ident),
-                    ty: &f.ty,
-                }
-            })
-            .collect(),
-        Fields::Unnamed(unnamed) => unnamed
-            .unnamed
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Field {
-                name: i.to_string(),
-                member: Member::Unnamed(Index {
+    errors.extend(data.fields.iter().filter_map(|f| fields::rejection(&f.ty)));
+    let (_, ty_g, _) = input.generics.split_for_impl();
+    let self_ty: Type = parse_quote!(#name #ty_g);
+    let fields: Vec<Field> = data
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let span = f.ty.span();
+            let member = match &f.ident {
+                Some(ident) => Member::Named(ident.clone()),
+                None => Member::Unnamed(Index {
                     index: i as u32,
-                    span: f.ty.span(),
+                    span,
                 }),
-                ty: &f.ty,
-            })
-            .collect(),
-        Fields::Unit => Vec::new(),
-    };
-    errors.extend(fields.iter().filter_map(|f| fields::rejection(f.ty)));
-    if let Some(mut first) = errors.pop() {
-        // Report in source order: `pop` took the last one.
-        for e in errors.into_iter().rev() {
-            let mut e = e;
-            e.combine(first);
-            first = e;
-        }
-        return Err(first);
-    }
+            };
+            let name = match &f.ident {
+                Some(ident) => ident.to_string(),
+                None => i.to_string(),
+            };
+            Field {
+                member,
+                name,
+                ty: fields::replace_self(&f.ty, &self_ty),
+                span,
+            }
+        })
+        .collect();
+    crate::combine(errors)?;
 
     let mut generics = input.generics.clone();
     for param in generics.type_params_mut() {
@@ -173,8 +166,8 @@ fn shared_impl(v: &Valid) -> TokenStream {
     let repr_text = v.repr.fingerprint_text();
     let (impl_g, ty_g, where_c) = v.generics.split_for_impl();
     let fields = v.fields.iter().map(|f| {
-        let (field_name, member, ty) = (&f.name, &f.member, f.ty);
-        let field_fp = field_fingerprint(ty);
+        let (field_name, member) = (&f.name, &f.member);
+        let field_fp = field_fingerprint(f);
         quote! {
             .str(#field_name)
             .u64(#field_fp)
@@ -204,10 +197,11 @@ fn shared_impl(v: &Valid) -> TokenStream {
     }
 }
 
-/// `<ty as Shared>::FINGERPRINT`, spanned at `ty` so that a field that is
-/// not `Shared` is reported at its type.
-fn field_fingerprint(ty: &Type) -> TokenStream {
-    quote_spanned!(ty.span()=> ::shmutils::shared::derive_support::field_fingerprint::<#ty>())
+/// The field type's fingerprint, spanned at the type as written so that a
+/// field that is not `Shared` is reported there.
+fn field_fingerprint(f: &Field) -> TokenStream {
+    let ty = &f.ty;
+    quote_spanned!(f.span=> ::shmutils::shared::derive_support::field_fingerprint::<#ty>())
 }
 
 /// Each field type must be `Shared`. The `Shared` impl cannot require it in
@@ -218,7 +212,7 @@ fn field_fingerprint(ty: &Type) -> TokenStream {
 fn field_checks(v: &Valid) -> TokenStream {
     let (impl_g, _, where_c) = v.generics.split_for_impl();
     let asserts = v.fields.iter().map(|f| {
-        let fp = field_fingerprint(f.ty);
+        let fp = field_fingerprint(f);
         quote!(let _ = #fp;)
     });
     quote! {
@@ -287,7 +281,7 @@ fn plain_impl(v: &Valid) -> TokenStream {
     let name = &v.input.ident;
     let (impl_g, ty_g, where_c) = v.generics.split_for_impl();
     let hr = hr_lifetime();
-    let tys: Vec<&Type> = v.fields.iter().map(|f| f.ty).collect();
+    let tys: Vec<&Type> = v.fields.iter().map(|f| &f.ty).collect();
     let field_bytes = quote!(0usize #(+ ::core::mem::size_of::<#tys>())*);
     let mut where_c: WhereClause = where_c.cloned().unwrap_or_else(|| parse_quote!(where));
     for ty in &tys {
