@@ -1,10 +1,10 @@
 //! `#[derive(SharedStruct)]` on a struct: validate, then emit.
 //!
-//! What is emitted, in pieces (part of the handle layer adds more pieces,
-//! e.g. heap constructors, to [`emit`]):
+//! What is emitted, in pieces (the handle layer's part adds more pieces,
+//! e.g. the `with_heap` constructors, to [`emit`]):
 //! - [`shared_impl`]: `unsafe impl Shared` with `NAME` and `FINGERPRINT`;
-//! - [`field_checks`]: one `assert_shared::<Field>()` per field, spanned at
-//!   the field's type;
+//! - [`field_checks`]: one `field_fingerprint::<Field>()` per field, spanned
+//!   at the field's type;
 //! - [`layout_checks`]: compile-time assertions on the layout;
 //! - [`inherent_impl`] and [`plain_impl`]: `sizeof()` and `as_bytes()`.
 
@@ -47,7 +47,7 @@ pub fn expand(input: &DeriveInput, data: &DataStruct) -> syn::Result<TokenStream
     Ok(emit(&valid))
 }
 
-fn validate<'a>(input: &'a DeriveInput, data: &'a DataStruct) -> syn::Result<Valid<'a>> {
+fn validate<'a>(input: &'a DeriveInput, data: &DataStruct) -> syn::Result<Valid<'a>> {
     let repr = Repr::parse(&input.attrs)?;
     let mut errors = Vec::new();
     let name = &input.ident;
@@ -71,9 +71,10 @@ fn validate<'a>(input: &'a DeriveInput, data: &'a DataStruct) -> syn::Result<Val
         errors.push(syn::Error::new_spanned(
             name,
             format!(
-            "#[derive(SharedStruct)] needs `#[repr(C)]` (or `#[repr(transparent)]`) on `{name}`: \
-             otherwise each compilation may order and offset the fields differently, and two \
-             programs sharing the memory would disagree; add `#[repr(C)]` above the struct"
+                "#[derive(SharedStruct)] needs `#[repr(C)]` (or `#[repr(transparent)]`) on \
+                 `{name}`: otherwise each compilation may order and offset the fields \
+                 differently, and two programs sharing the memory would disagree; add \
+                 `#[repr(C)]` above the struct"
             ),
         ));
     }
