@@ -88,6 +88,14 @@ pub enum Error {
         /// The length asked for.
         len: usize,
     },
+    /// A [`Checked<E>`](crate::Checked) held an integer that is not the
+    /// discriminant of any variant of `E`.
+    InvalidDiscriminant {
+        /// The enum's name.
+        type_name: &'static str,
+        /// The integer found.
+        value: i128,
+    },
 }
 
 impl fmt::Display for Error {
@@ -130,6 +138,10 @@ impl fmt::Display for Error {
                     "cannot map {len} bytes at {addr:#x}: the range is in use"
                 )
             }
+            Error::InvalidDiscriminant { type_name, value } => write!(
+                f,
+                "invalid {type_name} discriminant {value}: expected the value of one of its variants"
+            ),
         }
     }
 }

@@ -32,4 +32,6 @@ pub use mmap::{
     RelativeMemory,
 };
 pub use shared::Shared;
+pub use shared::{Checked, SharedEnum};
 pub use shm::{shm_unlink, Mode, ShmFd};
+pub use shmutils_derive::SharedStruct;
