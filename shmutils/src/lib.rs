@@ -26,6 +26,10 @@ pub mod mmap;
 pub mod shared;
 pub mod shm;
 
+pub mod heap;
+pub mod ptr;
+pub mod segment;
+
 pub use error::{Error, Result};
 pub use mmap::{
     munmap, page_size, round_to_page_size, AbsoluteMemory, MapFlags, MapProtections, MappedMemory,
@@ -33,3 +37,7 @@ pub use mmap::{
 };
 pub use shared::Shared;
 pub use shm::{shm_unlink, Mode, ShmFd};
+
+pub use heap::{CheckReport, HeapStats, SharedHeap};
+pub use ptr::{RelPtr, RelSlice};
+pub use segment::Segment;
