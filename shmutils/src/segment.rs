@@ -139,9 +139,19 @@ impl Segment {
             if size != 0 {
                 Segment::check_size(fd.name(), size)?;
                 let map = Segment::map(&fd, size)?;
+                // Acquire: pairs with the Release store of the magic in
+                // initialize().
                 let magic = header(&map).magic.load(Ordering::Acquire);
-                if magic != 0 || Instant::now() >= deadline {
+                if magic != 0 {
                     return Segment::from_mapping(map, Some(fd.name().to_owned()), false);
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!(
+                            "segment {:?} to be initialized by its creator (sized, but no header after {CREATE_WAIT:?})",
+                            fd.name()
+                        ),
+                    });
                 }
             } else if Instant::now() >= deadline {
                 return Err(Error::Timeout {

@@ -144,11 +144,24 @@ pub(crate) fn span_pages(c: usize) -> u64 {
     }
 }
 
+/// Blocks per slab of each small class (a table: no division at run time).
+const BLOCKS: [u32; NSMALL] = blocks();
+
+const fn blocks() -> [u32; NSMALL] {
+    let mut out = [0u32; NSMALL];
+    let mut c = 0;
+    while c < NSMALL {
+        out[c] = (SLAB_BYTES / SMALL[c] as u64) as u32;
+        c += 1;
+    }
+    out
+}
+
 /// Blocks per span of class `c`.
 #[inline]
 pub(crate) fn blocks_per_span(c: usize) -> u64 {
     if c < NSMALL {
-        SLAB_BYTES / u64::from(SMALL[c])
+        u64::from(BLOCKS[c])
     } else {
         1
     }
