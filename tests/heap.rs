@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use shmutils::{Error, RelSlice, Segment, SharedHeap};
+use shmutils::{Error, HeapCache, RelSlice, Segment, SharedHeap};
 use shmutils_workspace::{fork, Child, ShmName};
 
 fn xorshift(state: &mut u64) -> u64 {
@@ -25,17 +25,45 @@ fn pattern(buf: &mut [u8], n: usize, owner: u64, seq: u64) {
     buf[head..n].fill((seq as u8) ^ (owner as u8) ^ 0x5a);
 }
 
+/// Allocates and frees through the shared path or a [`HeapCache`].
+enum Allocator<'s> {
+    Shared(SharedHeap<'s>),
+    Cached(HeapCache<'s>),
+}
+
+impl Allocator<'_> {
+    fn new_slice(&mut self, bytes: &[u8]) -> shmutils::Result<RelSlice<u8>> {
+        match self {
+            Allocator::Shared(h) => h.new_slice(bytes),
+            Allocator::Cached(c) => c.new_slice(bytes),
+        }
+    }
+
+    fn delete_slice(&mut self, s: RelSlice<u8>) -> shmutils::Result<()> {
+        match self {
+            Allocator::Shared(h) => h.delete_slice(s),
+            Allocator::Cached(c) => c.delete_slice(s),
+        }
+    }
+}
+
 /// `ops` random allocations and frees of 1..=4096 bytes, each block filled
-/// with a unique pattern that is checked before it is freed. Returns 0 on
-/// success, 1 if a block's contents changed (two owners), 2 on an error.
-fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize) -> i32 {
+/// with a unique pattern that is checked before it is freed, through the
+/// shared path or (`cached`) a [`HeapCache`] dropped at the end. Returns 0
+/// on success, 1 if a block's contents changed (two owners), 2 on an error.
+fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize, cached: bool) -> i32 {
+    let mut alloc = if cached {
+        Allocator::Cached(heap.cache())
+    } else {
+        Allocator::Shared(heap)
+    };
     let mut rng = 0x2545_f491_4f6c_dd1d ^ (owner + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut buf = vec![0u8; 4096];
     let mut live: Vec<(RelSlice<u8>, u64)> = Vec::with_capacity(max_live);
-    let check = |buf: &mut Vec<u8>, s: RelSlice<u8>, seq: u64| -> i32 {
+    let check = |alloc: &mut Allocator<'_>, buf: &mut Vec<u8>, s: RelSlice<u8>, seq: u64| {
         pattern(buf, s.len(), owner, seq);
         match heap.get_slice(s) {
-            Ok(got) if got == &buf[..s.len()] => match heap.delete_slice(s) {
+            Ok(got) if got == &buf[..s.len()] => match alloc.delete_slice(s) {
                 Ok(()) => 0,
                 Err(_) => 2,
             },
@@ -48,20 +76,20 @@ fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize) -> i3
         if live.len() < max_live && (live.is_empty() || r % 2 == 0) {
             let n = 1 + (r >> 8) as usize % 4096;
             pattern(&mut buf, n, owner, seq);
-            match heap.new_slice(&buf[..n]) {
+            match alloc.new_slice(&buf[..n]) {
                 Ok(s) => live.push((s, seq)),
                 Err(_) => return 2,
             }
         } else {
             let (s, was) = live.swap_remove((r >> 16) as usize % live.len());
-            let code = check(&mut buf, s, was);
+            let code = check(&mut alloc, &mut buf, s, was);
             if code != 0 {
                 return code;
             }
         }
     }
     for (s, was) in live {
-        let code = check(&mut buf, s, was);
+        let code = check(&mut alloc, &mut buf, s, was);
         if code != 0 {
             return code;
         }
@@ -74,7 +102,8 @@ fn hammer(procs: u64) {
     let seg = Segment::create(&name, 64 << 20).unwrap();
     let heap = seg.heap();
     let children: Vec<Child> = (0..procs)
-        .map(|owner| fork(move || random_ops(heap, owner, 200_000, 64)))
+        // Half the children go through a HeapCache (dropped before exit).
+        .map(|owner| fork(move || random_ops(heap, owner, 200_000, 64, owner % 2 == 1)))
         .collect();
     for (i, c) in children.into_iter().enumerate() {
         assert_eq!(
@@ -210,7 +239,7 @@ fn children_killed_mid_allocation_leak_only_their_blocks() {
             let progress = &heap.get(progress).unwrap()[owner as usize % 256];
             let mut round = 0;
             while stop.load(Ordering::Relaxed) == 0 {
-                let code = random_ops(heap, owner * 1_000_000 + round, 200, LIVE);
+                let code = random_ops(heap, owner * 1_000_000 + round, 200, LIVE, false);
                 if code != 0 {
                     return code;
                 }

@@ -38,6 +38,6 @@ pub use mmap::{
 pub use shared::Shared;
 pub use shm::{shm_unlink, Mode, ShmFd};
 
-pub use heap::{CheckReport, HeapStats, SharedHeap};
+pub use heap::{CheckReport, HeapCache, HeapStats, SharedHeap};
 pub use ptr::{RelPtr, RelSlice};
 pub use segment::Segment;

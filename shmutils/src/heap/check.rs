@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::class::{block_size, blocks_per_span, class_of, span_pages, GRANULE, NCLASSES, PAGE};
 use super::layout::NSHARDS;
 use super::stack::head_offset;
-use super::SharedHeap;
+use super::{Block, SharedHeap};
 
 /// Figures of one size class.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +111,18 @@ struct Span {
     first_page: u64,
 }
 
+impl Span {
+    /// Its block `i`.
+    fn block(&self, heap: &SharedHeap<'_>, i: u64) -> Block {
+        Block {
+            class: self.class,
+            start: heap.geo.arena_start + self.first_page * PAGE + i * block_size(self.class),
+            span_page: self.first_page,
+            index: i,
+        }
+    }
+}
+
 /// One bit per granule of the arena.
 struct BitSet(Vec<u64>);
 
@@ -205,11 +217,6 @@ impl SharedHeap<'_> {
         spans
     }
 
-    fn is_set(&self, off: u64) -> bool {
-        self.bit(off)
-            .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0)
-    }
-
     /// Figures about the heap: bytes in use, free, the high-water mark and
     /// each class. Walks the page map and bitmap (cost proportional to the
     /// carved memory); exact when no process is allocating meanwhile.
@@ -226,13 +233,12 @@ impl SharedHeap<'_> {
             .collect();
         for span in &spans {
             let c = span.class;
-            let start = self.geo.arena_start + span.first_page * PAGE;
-            let size = block_size(c);
             let n = blocks_per_span(c);
+            let in_use = (0..n).filter(|&i| self.is_set(span.block(self, i))).count() as u64;
             let cs = &mut classes[c];
             cs.spans += 1;
             cs.blocks += n;
-            cs.in_use += (0..n).filter(|i| self.is_set(start + i * size)).count() as u64;
+            cs.in_use += in_use;
         }
         let in_use_bytes = classes.iter().map(|c| c.in_use * c.block_size).sum();
         HeapStats {
@@ -272,8 +278,8 @@ impl SharedHeap<'_> {
                 let mut steps = 0u64;
                 let list = format!("free list of {}-byte blocks (shard {shard})", block_size(c));
                 while off != 0 {
-                    match self.locate(off) {
-                        Ok(b) if b.class == c && b.start == off => {}
+                    let b = match self.locate(off) {
+                        Ok(b) if b.class == c && b.start == off => b,
                         Ok(b) => {
                             r.corruption.push(format!(
                                 "{list}: expected a block of its class, found {off:#x} (a {}-byte class block starting at {:#x})",
@@ -287,7 +293,7 @@ impl SharedHeap<'_> {
                                 .push(format!("{list}: expected a block, found {off:#x}: {why}"));
                             break;
                         }
-                    }
+                    };
                     steps += 1;
                     if steps > class_blocks {
                         r.corruption.push(format!(
@@ -301,7 +307,7 @@ impl SharedHeap<'_> {
                         ));
                         break;
                     }
-                    if self.is_set(off) {
+                    if self.is_set(b) {
                         r.corruption.push(format!(
                             "{list}: block {off:#x} is on a free list and marked allocated"
                         ));
@@ -327,7 +333,7 @@ impl SharedHeap<'_> {
             let mut counted = 0u64;
             for i in 0..blocks_per_span(s.class) {
                 let off = start + i * size;
-                let allocated = self.is_set(off);
+                let allocated = self.is_set(s.block(self, i));
                 counted += u64::from(allocated);
                 if allocated {
                     r.allocated_blocks += 1;
@@ -340,7 +346,7 @@ impl SharedHeap<'_> {
             for p in s.first_page..s.first_page + pages {
                 in_spans.insert(p);
             }
-            let bits = self.count_bits(start, pages * PAGE);
+            let bits = self.count_bits(s.first_page, pages);
             if bits != counted {
                 r.corruption.push(format!(
                     "span at {start:#x} ({size}-byte blocks): expected {counted} allocation bits (at block starts), found {bits}"
@@ -350,7 +356,7 @@ impl SharedHeap<'_> {
         for p in 0..self.geo.arena_pages {
             if !in_spans.contains(p) {
                 let start = self.geo.arena_start + p * PAGE;
-                let bits = self.count_bits(start, PAGE);
+                let bits = self.count_bits(p, 1);
                 if bits != 0 {
                     r.corruption.push(format!(
                         "page at {start:#x} is in no span but has {bits} allocation bits set"
@@ -385,12 +391,13 @@ impl SharedHeap<'_> {
         r
     }
 
-    /// Allocation bits set in `start..start + len` (page-aligned range in
-    /// the arena).
-    fn count_bits(&self, start: u64, len: u64) -> u64 {
-        (0..len / (64 * GRANULE))
-            .filter_map(|w| self.bit(start + w * 64 * GRANULE))
-            .map(|(w, _)| u64::from(w.load(Ordering::Relaxed).count_ones()))
+    /// Allocation bits set in the bitmap lines of `pages` pages from
+    /// `first`.
+    fn count_bits(&self, first: u64, pages: u64) -> u64 {
+        (first..first + pages)
+            .filter_map(|p| self.bitmap_line(p))
+            .flat_map(|line| line.iter())
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
             .sum()
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! heap_off   HeapHeader (128 B): magic, version, the geometry below, bump
-//!            free-list heads: NSHARDS rows of NCLASSES AtomicU64, each row
-//!            padded to a cache line boundary
+//!            free-list heads: NCLASSES x NSHARDS AtomicU64, one per cache
+//!            line
 //! dir_off    named-object directory: DIR_CAPACITY entries of 160 B
 //! pagemap    one AtomicU32 per arena page (see `PageEntry`)
-//! bitmap     one bit per 8-byte granule of the arena: "block starts here
-//!            and is allocated"
+//! bitmap     64 bytes (one cache line, 512 bits) per arena page: a
+//!            span's lines hold one "allocated" bit per block, block i of
+//!            a slab in line i % 16 (so neighbouring blocks, often used by
+//!            different processes, never share a line)
 //! arena      page-aligned; every block lives here
 //! ```
 //!
@@ -29,15 +31,17 @@ pub(crate) const HEAP_VERSION: u64 = 1;
 /// Free-list shards per class: processes spread over them so that two of
 /// them rarely fight over one head's cache line.
 pub(crate) const NSHARDS: usize = 8;
-/// Bytes per shard row of heads, padded to a cache line multiple.
-pub(crate) const ROW_BYTES: u64 = (NCLASSES as u64 * 8).div_ceil(64) * 64;
+/// Bytes per free-list head: each head has its own cache line, so two
+/// processes working on different lists never share one.
+pub(crate) const HEAD_STRIDE: u64 = 64;
 /// Block offsets are stored as `offset / 8` in 32 bits, so a segment holds
 /// at most 32 GiB.
 pub(crate) const MAX_SEGMENT: u64 = 1 << 35;
 /// Bytes of the header struct.
 const HEADER_BYTES: u64 = 128;
-/// Bitmap bytes per arena page (one bit per 8 bytes).
-const BITMAP_BYTES_PER_PAGE: u64 = PAGE / 8 / 8;
+/// Bitmap bytes per arena page: one cache line, 512 bits, enough for the
+/// 8192 blocks of the smallest class spread over a slab's 16 lines.
+pub(crate) const BITMAP_BYTES_PER_PAGE: u64 = 64;
 
 /// The heap header. Every field is atomic because peers may write the
 /// segment at any time; fields other than `bump` and `corrupt_events` are
@@ -107,10 +111,10 @@ impl Geometry {
             });
         }
         let heads_off = heap_off + HEADER_BYTES;
-        let dir_off = heads_off + NSHARDS as u64 * ROW_BYTES;
+        let dir_off = heads_off + (NSHARDS * NCLASSES) as u64 * HEAD_STRIDE;
         let pagemap_off = dir_off + DIR_CAPACITY as u64 * std::mem::size_of::<DirEntry>() as u64;
         let with_pages = |n: u64| {
-            let bitmap_off = align_up(pagemap_off + 4 * n, 64);
+            let bitmap_off = align_up(pagemap_off + 4 * n, BITMAP_BYTES_PER_PAGE);
             let arena_start = align_up(bitmap_off + BITMAP_BYTES_PER_PAGE * n, PAGE);
             Geometry {
                 total,
@@ -209,7 +213,7 @@ mod tests {
 
     #[test]
     fn geometry_fits_and_is_aligned() {
-        for total in [1 << 17, 1 << 20, 3 << 20, (64 << 20) + 12345, 1 << 30] {
+        for total in [1 << 18, 1 << 20, 3 << 20, (64 << 20) + 12345, 1 << 30] {
             let g = Geometry::compute(total, 64).unwrap();
             assert!(g.end() <= total, "{g:?}");
             assert_eq!(g.arena_start % PAGE, 0);

@@ -63,6 +63,7 @@
 //! (and handles) also look the block up in the page map and the bitmap.
 //! Either way a bad pointer is an `Err`, never undefined behaviour.
 
+pub(crate) mod cache;
 pub(crate) mod check;
 pub(crate) mod class;
 pub(crate) mod directory;
@@ -82,12 +83,15 @@ use crate::ptr::{RelPtr, RelSlice};
 use crate::shared::Shared;
 use crate::sys;
 
+pub use cache::{HeapCache, CACHE_BLOCKS};
 pub use check::{CheckReport, ClassStats, HeapStats};
 pub use directory::{MAX_NAME_LEN, MAX_TYPE_NAME_LEN};
 
 use class::NCLASSES;
-use class::{block_index, block_size, blocks_per_span, class_of, span_pages, GRANULE, PAGE};
-use layout::{Geometry, HeapHeader, HEAP_MAGIC, NSHARDS, ROW_BYTES};
+use class::{
+    block_index, block_size, blocks_per_span, class_of, span_pages, GRANULE, PAGE, SLAB_PAGES,
+};
+use layout::{Geometry, HeapHeader, BITMAP_BYTES_PER_PAGE, HEAD_STRIDE, HEAP_MAGIC, NSHARDS};
 use stack::Pop;
 
 /// How many corrupt free-list entries one allocation skips before giving
@@ -127,12 +131,51 @@ impl fmt::Debug for SharedHeap<'_> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Block {
     pub(crate) class: usize,
+    /// Offset of the block's first byte.
     pub(crate) start: u64,
+    /// Arena page where its span starts.
+    pub(crate) span_page: u64,
+    /// Its index in the span.
+    pub(crate) index: u64,
 }
 
 thread_local! {
     /// The free-list shard this thread works on; `u32::MAX` until chosen.
     static SHARD: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+/// Bumped in the child after every `fork` (see [`HeapCache`]).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Runs in the child after `fork`: the child is another process, so it
+/// picks its own shard instead of sharing its parent's, and its caches
+/// forget the blocks its parent holds.
+extern "C" fn after_fork_in_child() {
+    let _ = SHARD.try_with(|s| s.set(u32::MAX));
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers [`after_fork_in_child`] once per process.
+fn register_fork_handler() {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        if sys::atfork_child(after_fork_in_child).is_err() {
+            FORK_GENERATION.store(u64::MAX, Ordering::Relaxed);
+        }
+    });
+}
+
+/// The process's fork generation: different in a forked child than in its
+/// parent.
+#[inline]
+fn fork_generation() -> u64 {
+    register_fork_handler();
+    match FORK_GENERATION.load(Ordering::Relaxed) {
+        // No handler could be registered: the process id tells a child from
+        // its parent (at the cost of a system call).
+        u64::MAX => u64::from(sys::getpid()) | 1 << 63,
+        g => g,
+    }
 }
 
 /// The calling thread's shard.
@@ -144,6 +187,7 @@ fn current_shard() -> usize {
             if v < NSHARDS {
                 return v;
             }
+            register_fork_handler();
             // Spread threads by a hash of their id (Fibonacci hashing).
             let v = (sys::gettid().wrapping_mul(0x9e37_79b9) >> 29) as usize % NSHARDS;
             s.set(v as u32);
@@ -267,10 +311,12 @@ impl<'s> SharedHeap<'s> {
 
     #[inline]
     pub(crate) fn head(&self, shard: usize, class: usize) -> &'s AtomicU64 {
-        let (shard, class) = (shard % NSHARDS, class % NCLASSES);
-        let off = self.geo.heads_off + shard as u64 * ROW_BYTES + class as u64 * 8;
-        // SAFETY: shard and class are reduced into range, so the word lies
-        // in the heads array inside the mapping; 8-aligned.
+        // Clamped (a no-op for the indices callers pass) so that the
+        // address is in range whatever they pass.
+        let (shard, class) = (shard % NSHARDS, class.min(NCLASSES - 1));
+        let off = self.geo.heads_off + (class * NSHARDS + shard) as u64 * HEAD_STRIDE;
+        // SAFETY: shard and class are clamped into range, so the word lies
+        // in the heads array inside the mapping; 64-aligned.
         unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
     }
 
@@ -299,19 +345,41 @@ impl<'s> SharedHeap<'s> {
         Some(unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU32) })
     }
 
-    /// The bitmap word and mask for the granule at `off` (in the arena).
+    /// The bitmap word and mask of a block's "allocated" bit: block `i` of
+    /// a span uses line `i % SLAB_PAGES` of the span's lines (one line per
+    /// page), bit `i / SLAB_PAGES` in it.
     #[inline]
-    pub(crate) fn bit(&self, off: u64) -> Option<(&'s AtomicU64, u64)> {
-        let rel = off.wrapping_sub(self.geo.arena_start);
-        if rel >= self.geo.arena_bytes() {
+    pub(crate) fn bit(&self, b: Block) -> Option<(&'s AtomicU64, u64)> {
+        let line = b.index % SLAB_PAGES;
+        let pos = b.index / SLAB_PAGES;
+        if b.span_page + line >= self.geo.arena_pages || pos >= BITMAP_BYTES_PER_PAGE * 8 {
             return None;
         }
-        let g = rel / GRANULE;
-        let word = self.geo.bitmap_off + (g / 64) * 8;
-        // SAFETY: g / 64 < arena_pages * 8, the bitmap's length in words,
-        // so the word lies inside the mapping; 8-aligned (64-aligned base).
+        let word =
+            self.geo.bitmap_off + (b.span_page + line) * BITMAP_BYTES_PER_PAGE + pos / 64 * 8;
+        // SAFETY: span_page + line < arena_pages and pos < 512, so the word
+        // lies in that page's 64 bytes of bitmap inside the mapping;
+        // 8-aligned (bitmap_off is 64-aligned).
         let w = unsafe { &*(self.base.as_ptr().add(word as usize) as *const AtomicU64) };
-        Some((w, 1u64 << (g % 64)))
+        Some((w, 1u64 << (pos % 64)))
+    }
+
+    /// The bitmap line of arena page `page` (`None` past the arena).
+    pub(crate) fn bitmap_line(&self, page: u64) -> Option<&'s [AtomicU64; 8]> {
+        if page >= self.geo.arena_pages {
+            return None;
+        }
+        let off = self.geo.bitmap_off + page * BITMAP_BYTES_PER_PAGE;
+        // SAFETY: page < arena_pages: the 64 bytes lie in the bitmap inside
+        // the mapping, 64-aligned; all atomics.
+        Some(unsafe { &*(self.base.as_ptr().add(off as usize) as *const [AtomicU64; 8]) })
+    }
+
+    /// Whether a block's bit is set.
+    #[inline]
+    pub(crate) fn is_set(&self, b: Block) -> bool {
+        self.bit(b)
+            .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0)
     }
 
     /// The block containing the byte at `off`.
@@ -351,6 +419,8 @@ impl<'s> SharedHeap<'s> {
         Ok(Block {
             class: c,
             start: self.geo.arena_start + span + i * block_size(c),
+            span_page: page - dist,
+            index: i,
         })
     }
 
@@ -386,13 +456,14 @@ impl<'s> SharedHeap<'s> {
                     align: layout.align(),
                 });
             };
-            let valid = matches!(self.locate(off), Ok(b) if b.class == c && b.start == off);
             // Relaxed: read-modify-writes of one word are totally ordered,
             // and the list's Release/Acquire orders them with push and pop.
-            let claimed = valid
-                && self
-                    .bit(off)
-                    .is_some_and(|(w, m)| w.fetch_or(m, Ordering::Relaxed) & m == 0);
+            let claimed = match self.locate(off) {
+                Ok(b) if b.class == c && b.start == off => self
+                    .bit(b)
+                    .is_some_and(|(w, m)| w.fetch_or(m, Ordering::Relaxed) & m == 0),
+                _ => false,
+            };
             if claimed {
                 return Ok(off);
             }
@@ -454,7 +525,12 @@ impl<'s> SharedHeap<'s> {
                 move_shard();
             }
         }
-        let (word, mask) = self.bit(span)?;
+        let (word, mask) = self.bit(Block {
+            class: c,
+            start: span,
+            span_page: first,
+            index: 0,
+        })?;
         word.fetch_or(mask, Ordering::Relaxed);
         Some(span)
     }
@@ -492,7 +568,13 @@ impl<'s> SharedHeap<'s> {
     /// class; [`Error::DoubleFree`] for a block that is not allocated. The
     /// heap is unchanged in every case.
     pub fn free(&self, ptr: RelPtr<u8>, layout: Layout) -> Result<()> {
-        let off = ptr.offset();
+        let b = self.checked_block(ptr.offset(), layout)?;
+        self.release(b)
+    }
+
+    /// The block starting at `off`, if `layout` belongs to its class.
+    #[inline]
+    pub(crate) fn checked_block(&self, off: u64, layout: Layout) -> Result<Block> {
         let b = self.locate(off).map_err(|reason| Error::InvalidPointer {
             offset: off,
             reason: reason.to_owned(),
@@ -515,14 +597,20 @@ impl<'s> SharedHeap<'s> {
                 align: layout.align(),
             });
         }
-        let Some((word, mask)) = self.bit(off) else {
-            return Err(Error::DoubleFree { offset: off });
+        Ok(b)
+    }
+
+    /// Clears a block's bit and pushes it onto this thread's shard.
+    #[inline]
+    pub(crate) fn release(&self, b: Block) -> Result<()> {
+        let Some((word, mask)) = self.bit(b) else {
+            return Err(Error::DoubleFree { offset: b.start });
         };
         // Relaxed: see alloc_class(); the push below is the Release.
         if word.fetch_and(!mask, Ordering::Relaxed) & mask == 0 {
-            return Err(Error::DoubleFree { offset: off });
+            return Err(Error::DoubleFree { offset: b.start });
         }
-        if self.push(self.head(current_shard(), b.class), off) {
+        if self.push(self.head(current_shard(), b.class), b.start) {
             move_shard();
         }
         Ok(())
@@ -532,9 +620,7 @@ impl<'s> SharedHeap<'s> {
     /// class of `layout` (what handles check before resolving).
     pub fn is_allocated(&self, offset: u64, layout: Layout) -> bool {
         match self.locate(offset) {
-            Ok(b) if b.start == offset && class_of(layout) == Some(b.class) => self
-                .bit(offset)
-                .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0),
+            Ok(b) if b.start == offset && class_of(layout) == Some(b.class) => self.is_set(b),
             _ => false,
         }
     }
@@ -619,7 +705,7 @@ impl<'s> SharedHeap<'s> {
 
     /// The address of the arena byte at `off`, unchecked.
     #[inline]
-    fn raw(&self, off: u64) -> *mut u8 {
+    pub(crate) fn raw(&self, off: u64) -> *mut u8 {
         self.base.as_ptr().wrapping_add(off as usize)
     }
 
@@ -698,10 +784,7 @@ impl<'s> SharedHeap<'s> {
             reason,
         };
         let b = self.locate(off).map_err(|r| invalid(r.to_owned()))?;
-        let live = self
-            .bit(b.start)
-            .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0);
-        if !live {
+        if !self.is_set(b) {
             return Err(invalid(format!(
                 "the block at {:#x} containing it is not allocated",
                 b.start
