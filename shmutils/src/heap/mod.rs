@@ -15,11 +15,11 @@
 //! ```
 //!
 //! # How it works
-//! - Requests are rounded to a **size class** ([`class`]): small classes
+//! - Requests are rounded to a **size class**: small classes
 //!   (8 B .. 4 KiB) are blocks of 64 KiB slabs, large ones whole runs of
 //!   pages. Alignment is honoured up to 4096 bytes.
-//! - Each class has [`NSHARDS`](layout::NSHARDS) **free lists**, each a
-//!   lock-free Treiber stack ([`stack`]) whose head is one `AtomicU64` with
+//! - Each class has 8 **free lists** (shards), each a lock-free Treiber
+//!   stack whose head is one `AtomicU64` (on its own cache line) with
 //!   an ABA tag. A thread works on one shard and moves to another when it
 //!   loses a CAS race, so processes spread out instead of fighting over one
 //!   cache line; an empty shard takes blocks from the others before new
@@ -27,12 +27,13 @@
 //! - New slabs and large blocks are **carved** from the arena with a CAS on
 //!   a bump counter of pages; a **page map** (one word per page) records the
 //!   class of each carved page, so any offset leads to its block in O(1).
-//! - An **allocation bitmap** (one bit per 8 bytes) marks the start of every
-//!   allocated block. Allocation sets the bit with `fetch_or`, freeing
-//!   clears it with `fetch_and`: a double free, a pointer into the middle of
-//!   a block, a foreign pointer or a layout of another class is an `Err`
-//!   and leaves the heap as it was.
-//! - **Named objects** live in a fixed directory ([`directory`]).
+//! - An **allocation bitmap** holds one "allocated" bit per block (those of
+//!   neighbouring blocks in different cache lines). Allocation sets the bit
+//!   with `fetch_or`, freeing clears it with `fetch_and`: a double free, a
+//!   pointer into the middle of a block, a foreign pointer or a layout of
+//!   another class is an `Err` and leaves the heap as it was.
+//! - **Named objects** live in a fixed directory of [`DIR_CAPACITY`]
+//!   entries, claimed by CAS ([`SharedHeap::find_or_init`]).
 //!
 //! No operation takes a lock, so no process can leave the heap blocked.
 //! Every change is a single CAS, `fetch_or` or `fetch_and`; a process killed
@@ -40,10 +41,14 @@
 //! back (or the slab it was carving). [`SharedHeap::check`] tells such
 //! leaked blocks apart from corruption.
 //!
+//! - An opt-in [`HeapCache`] keeps a few freed small blocks per class in
+//!   process memory (blocks it *holds*), halving the atomic operations of
+//!   an alloc + free pair.
+//!
 //! # Cost per block
-//! No header: a block costs its class size, plus one bitmap bit per 8 bytes
-//! and a 4-byte page map entry per 4 KiB page (1.7% of the arena in all).
-//! A 1-byte block costs 8.1 bytes, a 64-byte block 65 bytes
+//! No header: a block costs its class size, plus the arena's bookkeeping:
+//! a 64-byte bitmap line and a 4-byte page map entry per 4 KiB page (1.7%
+//! of the arena). A 1-byte block costs 8.1 bytes, a 64-byte block 65 bytes
 //! (Boost.Interprocess: 48 and 80).
 //!
 //! # Why `free` is safe
@@ -85,7 +90,7 @@ use crate::sys;
 
 pub use cache::{HeapCache, CACHE_BLOCKS};
 pub use check::{CheckReport, ClassStats, HeapStats};
-pub use directory::{MAX_NAME_LEN, MAX_TYPE_NAME_LEN};
+pub use directory::{DIR_CAPACITY, MAX_NAME_LEN, MAX_TYPE_NAME_LEN};
 
 use class::NCLASSES;
 use class::{
