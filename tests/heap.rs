@@ -338,3 +338,75 @@ fn out_of_memory_in_a_segment_is_an_error_not_a_signal() {
     ));
     assert!(heap.check().is_consistent());
 }
+
+#[test]
+fn bad_input_from_any_process_is_a_typed_error() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let heap = seg.heap();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let p = heap.alloc(l).unwrap();
+    let q = heap.alloc(l).unwrap();
+    heap.free(p, l).unwrap();
+    // A forked child makes every mistake on the parent's blocks.
+    let child = fork(move || {
+        let double = matches!(heap.free(p, l), Err(Error::DoubleFree { .. }));
+        let wrong = matches!(
+            heap.free(q, Layout::from_size_align(200, 8).unwrap()),
+            Err(Error::WrongLayout { block_size: 64, .. })
+        );
+        let foreign = matches!(
+            heap.free(shmutils::RelPtr::from_offset(q.offset() + 16), l),
+            Err(Error::InvalidPointer { .. })
+        );
+        let oob = matches!(
+            heap.get(shmutils::RelPtr::<u64>::from_offset(1 << 40)),
+            Err(Error::OutOfBounds { .. })
+        );
+        let misaligned = matches!(
+            heap.get(shmutils::RelPtr::<u64>::from_offset(q.offset() + 3)),
+            Err(Error::Misaligned { align: 8, .. })
+        );
+        let null = matches!(
+            heap.get(shmutils::RelPtr::<u64>::null()),
+            Err(Error::InvalidPointer { offset: 0, .. })
+        );
+        i32::from(!(double && wrong && foreign && oob && misaligned && null))
+    });
+    assert_eq!(child.wait(), 0);
+    // Nothing was disturbed: q is still allocated, p still free.
+    assert!(heap.is_allocated(q.offset(), l));
+    assert!(!heap.is_allocated(p.offset(), l));
+    heap.free(q, l).unwrap();
+    let r = heap.check();
+    assert!(r.is_clean(), "{r}");
+}
+
+#[test]
+fn an_initializer_killed_mid_init_is_taken_over() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let heap = seg.heap();
+    let entered = heap.find_or_init("entered", || AtomicU64::new(0)).unwrap();
+    let child = fork(move || {
+        let _ = heap.find_or_init("slow", || -> u64 {
+            heap.get(entered).unwrap().store(1, Ordering::SeqCst);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        3
+    });
+    while heap.get(entered).unwrap().load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(matches!(
+        heap.find::<u64>("slow"),
+        Err(Error::NameNotFound { .. })
+    ));
+    assert_eq!(child.kill(), 128 + libc::SIGKILL);
+    let r = heap.check();
+    assert_eq!(r.abandoned.len(), 1, "{r}");
+    let p = heap.find_or_init("slow", || 42u64).unwrap();
+    assert_eq!(*heap.get(p).unwrap(), 42);
+    let r = heap.check();
+    assert!(r.is_clean(), "{r}");
+}
