@@ -26,6 +26,10 @@ pub mod mmap;
 pub mod shared;
 pub mod shm;
 
+pub mod heap;
+pub mod ptr;
+pub mod segment;
+
 pub use error::{Error, Result};
 pub use mmap::{
     munmap, page_size, round_to_page_size, AbsoluteMemory, MapFlags, MapProtections, MappedMemory,
@@ -35,3 +39,7 @@ pub use shared::Shared;
 pub use shared::{Checked, SharedEnum};
 pub use shm::{shm_unlink, Mode, ShmFd};
 pub use shmutils_derive::SharedStruct;
+
+pub use heap::{CheckReport, HeapCache, HeapStats, SharedHeap};
+pub use ptr::{RelPtr, RelSlice};
+pub use segment::Segment;
