@@ -88,22 +88,151 @@ pub enum Error {
         /// The length asked for.
         len: usize,
     },
+    /// A [`Checked<E>`](crate::Checked) held an integer that is not the
+    /// discriminant of any variant of `E`.
+    InvalidDiscriminant {
+        /// The enum's name.
+        type_name: &'static str,
+        /// The integer found.
+        value: i128,
+    },
+    /// The heap has no block left for a request (never a panic or `SIGBUS`).
+    OutOfMemory {
+        /// Bytes asked for.
+        size: usize,
+        /// Alignment asked for.
+        align: usize,
+    },
+    /// A block was freed that is not allocated (freed twice, or never
+    /// handed out); the heap is unchanged.
+    DoubleFree {
+        /// Offset of the block from the segment's start.
+        offset: u64,
+    },
+    /// A relative pointer does not designate what the operation needs (null,
+    /// outside the heap, not the start of a block, not a live allocation).
+    InvalidPointer {
+        /// The offset given.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A block was freed (or checked) with a layout of another size class
+    /// than the one it was allocated with; the heap is unchanged.
+    WrongLayout {
+        /// Offset of the block from the segment's start.
+        offset: u64,
+        /// The block size of the class the block belongs to.
+        block_size: u64,
+        /// The size given.
+        size: usize,
+        /// The alignment given.
+        align: usize,
+    },
+    /// The heap's bookkeeping in the segment is inconsistent (a peer wrote
+    /// over it, or it is not a heap at all).
+    HeapCorrupt {
+        /// What was found wrong.
+        what: String,
+    },
+    /// The object is not a shmutils segment: its magic number is wrong.
+    NotASegment {
+        /// The shared memory name.
+        name: String,
+        /// The first eight bytes found, little-endian.
+        found: u64,
+    },
+    /// The segment was written by a newer shmutils with a format this one
+    /// cannot read.
+    UnsupportedVersion {
+        /// The shared memory name.
+        name: String,
+        /// The version found in the header.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// The object is shorter than a segment needs (or than its header says).
+    Truncated {
+        /// The shared memory name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The size expected.
+        expected: u64,
+    },
+    /// A segment header field has an impossible value.
+    CorruptHeader {
+        /// The shared memory name (or `"anonymous"`).
+        name: String,
+        /// Which field, what was expected and what was found.
+        what: String,
+    },
+    /// A segment size too small to hold the header, the heap's bookkeeping
+    /// and one slab.
+    SegmentTooSmall {
+        /// The size asked for.
+        size: u64,
+        /// The smallest size that works.
+        min: u64,
+    },
+    /// Waited too long for something a peer should have done.
+    Timeout {
+        /// What was being waited for.
+        what: String,
+    },
+    /// No named object has this name.
+    NameNotFound {
+        /// The object's name.
+        name: String,
+    },
+    /// A named object exists but holds another type than the one asked for.
+    TypeMismatch {
+        /// The object's name.
+        name: String,
+        /// The type asked for: name, size, alignment, fingerprint.
+        expected: String,
+        /// The type recorded in the segment.
+        found: String,
+    },
+    /// Every entry of the named-object directory is taken.
+    DirectoryFull {
+        /// How many named objects a heap holds.
+        capacity: usize,
+    },
     /// A handle's text or byte form could not be parsed.
     InvalidHandle {
         /// What was wrong with it.
         reason: String,
     },
-    /// A value was asked for as one type but was stored as another (their
-    /// layout fingerprints differ).
-    TypeMismatch {
+    /// A handle names another segment than the one asked to resolve it: a
+    /// different name, or the same name recreated (a new random id).
+    WrongSegment {
+        /// The segment the handle names.
+        handle_segment: String,
+        /// The handle's segment id.
+        handle_id: u64,
+        /// The segment asked to resolve it.
+        segment: String,
+        /// That segment's id.
+        segment_id: u64,
+    },
+    /// A handle was made for another type than the one it is resolved as
+    /// (their layout fingerprints differ).
+    HandleTypeMismatch {
         /// The type asked for.
-        expected: String,
+        expected: &'static str,
         /// Its fingerprint.
         expected_fingerprint: u64,
-        /// The type found (its name, where known).
-        found: String,
-        /// The fingerprint found.
+        /// The fingerprint the handle carries.
         found_fingerprint: u64,
+    },
+    /// A handle's object is no longer allocated (it was freed).
+    FreedObject {
+        /// The object's offset in the segment.
+        offset: u64,
+        /// What was found there instead.
+        reason: String,
     },
 }
 
@@ -147,18 +276,92 @@ impl fmt::Display for Error {
                     "cannot map {len} bytes at {addr:#x}: the range is in use"
                 )
             }
-            Error::InvalidHandle { reason } => write!(f, "invalid handle: {reason}"),
-            Error::TypeMismatch {
-                expected,
-                expected_fingerprint,
+            Error::InvalidDiscriminant { type_name, value } => write!(
+                f,
+                "invalid {type_name} discriminant {value}: expected the value of one of its variants"
+            ),
+            Error::OutOfMemory { size, align } => write!(
+                f,
+                "out of shared memory: no free block of {size} bytes aligned to {align}"
+            ),
+            Error::DoubleFree { offset } => write!(
+                f,
+                "block at offset {offset:#x} is not allocated: freed twice or never allocated"
+            ),
+            Error::InvalidPointer { offset, reason } => {
+                write!(f, "invalid relative pointer {offset:#x}: {reason}")
+            }
+            Error::WrongLayout {
+                offset,
+                block_size,
+                size,
+                align,
+            } => write!(
+                f,
+                "block at offset {offset:#x} is a {block_size}-byte block, \
+                 but the layout given (size {size}, align {align}) belongs to another size class"
+            ),
+            Error::HeapCorrupt { what } => write!(f, "shared heap is corrupt: {what}"),
+            Error::NotASegment { name, found } => write!(
+                f,
+                "shared memory {name:?} is not a shmutils segment: \
+                 expected magic {:?}, found {:?}",
+                String::from_utf8_lossy(&crate::segment::SEGMENT_MAGIC.to_le_bytes()),
+                String::from_utf8_lossy(&found.to_le_bytes())
+            ),
+            Error::UnsupportedVersion {
+                name,
                 found,
-                found_fingerprint,
-            } => {
+                supported,
+            } => write!(
+                f,
+                "segment {name:?} has format version {found}; this build reads versions up to {supported}"
+            ),
+            Error::Truncated {
+                name,
+                size,
+                expected,
+            } => write!(
+                f,
+                "segment {name:?} is truncated: expected {expected} bytes, found {size}"
+            ),
+            Error::CorruptHeader { name, what } => {
+                write!(f, "segment {name:?} has a corrupt header: {what}")
+            }
+            Error::SegmentTooSmall { size, min } => write!(
+                f,
+                "a segment of {size} bytes is too small: expected at least {min} bytes"
+            ),
+            Error::Timeout { what } => write!(f, "timed out waiting for {what}"),
+            Error::NameNotFound { name } => write!(f, "no named object {name:?}"),
+            Error::TypeMismatch {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "named object {name:?} has the wrong type: expected {expected}, found {found}"
+            ),
+            Error::DirectoryFull { capacity } => write!(
+                f,
+                "the named-object directory is full: it holds at most {capacity} names"
+            ),
+            Error::InvalidHandle { reason } => write!(f, "invalid handle: {reason}"),
+            Error::WrongSegment { handle_segment, handle_id, segment, segment_id } => write!(
+                f,
+                "the handle is for segment {handle_segment:?} with id {handle_id:#018x}, \
+                 not segment {segment:?} with id {segment_id:#018x}"
+            ),
+            Error::HandleTypeMismatch { expected, expected_fingerprint, found_fingerprint } => {
                 write!(
                     f,
-                    "type mismatch: expected `{expected}` (fingerprint {expected_fingerprint:#018x}), \
-                     found {found} (fingerprint {found_fingerprint:#018x})"
+                    "the handle was made for another type: expected `{expected}` \
+                     (fingerprint {expected_fingerprint:#018x}), found fingerprint \
+                     {found_fingerprint:#018x}"
                 )
+            }
+            Error::FreedObject { offset, reason } => {
+                write!(f, "the handle's object at {offset:#x} was freed: {reason}")
             }
         }
     }
@@ -205,6 +408,8 @@ impl From<Error> for io::Error {
             Error::NotFound { .. } => io::ErrorKind::NotFound,
             Error::Exists { .. } => io::ErrorKind::AlreadyExists,
             Error::PermissionDenied { .. } => io::ErrorKind::PermissionDenied,
+            Error::OutOfMemory { .. } => io::ErrorKind::OutOfMemory,
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)

@@ -30,6 +30,9 @@ use std::marker::PhantomData;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::heap::SharedHeap;
+use crate::ptr::RelPtr;
+use crate::segment::Segment;
 use crate::shared::Shared;
 use crate::shm::normalize_name;
 
@@ -69,15 +72,14 @@ impl<T: Shared> Handle<T> {
     /// Checks that the handle was made for `T` (same layout fingerprint).
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`] naming `T` and both fingerprints.
+    /// [`Error::HandleTypeMismatch`] naming `T` and both fingerprints.
     pub fn check_type(&self) -> Result<()> {
         if self.fingerprint == T::FINGERPRINT {
             Ok(())
         } else {
-            Err(Error::TypeMismatch {
-                expected: T::NAME.to_owned(),
+            Err(Error::HandleTypeMismatch {
+                expected: T::NAME,
                 expected_fingerprint: T::FINGERPRINT,
-                found: format!("a type with fingerprint {:#018x}", self.fingerprint),
                 found_fingerprint: self.fingerprint,
             })
         }
@@ -305,6 +307,91 @@ impl<T: Shared> FromStr for Handle<T> {
     }
 }
 
+impl<'s> SharedHeap<'s> {
+    /// A handle to the object at `ptr`, for any process: see
+    /// [`Segment::resolve`].
+    ///
+    /// ```
+    /// use shmutils::{Handle, Segment};
+    /// # let name = format!("/shmutils-doc-handle-{}", std::process::id());
+    /// let seg = Segment::create(&name, 1 << 20)?;
+    /// let p = seg.heap().new(1923u64)?;
+    /// let token = seg.heap().handle(p)?.to_string();
+    /// // ... in another process:
+    /// let h: Handle<u64> = token.parse()?;
+    /// let other = Segment::open(h.segment_name())?;
+    /// assert_eq!(*other.resolve(&h)?, 1923);
+    /// # seg.unlink()?;
+    /// # Ok::<(), shmutils::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a heap that is not in a named segment
+    /// (an anonymous one cannot be opened by another process); the errors of
+    /// [`get_checked`](SharedHeap::get_checked) if `ptr` is not a live
+    /// object of this heap.
+    pub fn handle<T: Shared>(&self, ptr: RelPtr<T>) -> Result<Handle<T>> {
+        let (Some(name), Some(id)) = (self.segment_name(), self.segment_id()) else {
+            return Err(Error::InvalidArgument {
+                what: "handles need a named segment; this heap's segment is anonymous".to_owned(),
+            });
+        };
+        self.get_checked(ptr)?;
+        Handle::new(name, id, ptr.offset())
+    }
+
+    /// Resolves a handle made by [`handle`](Self::handle) in any process.
+    ///
+    /// Checks, in this order: the segment (name and random id), the type
+    /// (fingerprint), bounds and alignment, and that the object's block is
+    /// still allocated.
+    ///
+    /// A block freed and then allocated again for another object passes the
+    /// last check: the heap keeps no generation per block.
+    ///
+    /// # Errors
+    /// [`Error::WrongSegment`], [`Error::HandleTypeMismatch`], the errors of
+    /// [`get`](SharedHeap::get) ([`Error::InvalidPointer`],
+    /// [`Error::OutOfBounds`], [`Error::Misaligned`]), and
+    /// [`Error::FreedObject`] — each its own variant.
+    pub fn resolve<T: Shared>(&self, handle: &Handle<T>) -> Result<&'s T> {
+        let (name, id) = (
+            self.segment_name().unwrap_or(""),
+            self.segment_id().unwrap_or(0),
+        );
+        if handle.segment_name() != name || handle.segment_id() != id {
+            return Err(Error::WrongSegment {
+                handle_segment: handle.segment_name().to_owned(),
+                handle_id: handle.segment_id(),
+                segment: if name.is_empty() {
+                    "(anonymous)".to_owned()
+                } else {
+                    name.to_owned()
+                },
+                segment_id: id,
+            });
+        }
+        handle.check_type()?;
+        let ptr = RelPtr::<T>::from_offset(handle.offset());
+        self.get(ptr)?;
+        self.get_checked(ptr).map_err(|e| match e {
+            Error::InvalidPointer { offset, reason } => Error::FreedObject { offset, reason },
+            e => e,
+        })
+    }
+}
+
+impl Segment {
+    /// Resolves a handle into this segment: the same as
+    /// `self.heap().resolve(handle)`.
+    ///
+    /// # Errors
+    /// As [`SharedHeap::resolve`].
+    pub fn resolve<T: Shared>(&self, handle: &Handle<T>) -> Result<&T> {
+        self.heap().resolve(handle)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,7 +492,7 @@ mod tests {
         assert!(a.check_type().is_ok());
         let other: Handle<u32> = a.to_string().parse().unwrap();
         match other.check_type() {
-            Err(Error::TypeMismatch { expected, .. }) => assert_eq!(expected, "u32"),
+            Err(Error::HandleTypeMismatch { expected, .. }) => assert_eq!(expected, "u32"),
             r => panic!("{r:?}"),
         }
     }

@@ -27,6 +27,10 @@ pub mod mmap;
 pub mod shared;
 pub mod shm;
 
+pub mod heap;
+pub mod ptr;
+pub mod segment;
+
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use mmap::{
@@ -34,4 +38,10 @@ pub use mmap::{
     RelativeMemory,
 };
 pub use shared::Shared;
+pub use shared::{Checked, SharedEnum};
 pub use shm::{shm_unlink, Mode, ShmFd};
+pub use shmutils_derive::SharedStruct;
+
+pub use heap::{CheckReport, HeapCache, HeapStats, SharedHeap};
+pub use ptr::{RelPtr, RelSlice};
+pub use segment::Segment;

@@ -1,10 +1,19 @@
-//! What may live in shared memory: the [`Shared`] trait and layout
-//! fingerprints.
+//! What may live in shared memory: the [`Shared`] trait, layout
+//! fingerprints, [`Checked<E>`] for enums and `bool`, and [`Plain`] for
+//! byte views.
 //!
 //! A value in a segment can be read by any process at any time, including
 //! one that a buggy or hostile peer has just scribbled over (DESIGN.md rules
 //! 2 and 3). So a type may be stored only if **every bit pattern is a valid
 //! value** and it holds **no process-local address**.
+
+mod checked;
+#[doc(hidden)]
+pub mod derive_support;
+mod plain;
+
+pub use checked::{Checked, SharedEnum};
+pub use plain::{bytes_of, Plain};
 
 use std::sync::atomic::{
     AtomicI16, AtomicI32, AtomicI64, AtomicI8, AtomicIsize, AtomicU16, AtomicU32, AtomicU64,
@@ -32,7 +41,8 @@ use std::sync::atomic::{
     message = "`{Self}` cannot be stored in shared memory",
     label = "`{Self}` does not implement `shmutils::Shared`",
     note = "shared memory holds only types valid for every bit pattern and free of process-local addresses",
-    note = "use `RelPtr<T>` instead of references, raw pointers, `Box`, `Rc` or `Arc`; `RelSlice<T>` instead of `Vec<T>`, `String` or `&str`; `Checked<E>` for `bool` and enums; `#[derive(SharedStruct)]` for your own `#[repr(C)]` structs"
+    note = "use `RelPtr<T>` instead of references, raw pointers, `Box`, `Rc` or `Arc`; `RelSlice<T>` instead of `Vec<T>`, `String` or `&str`; `Checked<E>` for `bool` and enums; `#[derive(SharedStruct)]` for your own `#[repr(C)]` structs",
+    note = "for interior mutability (`Cell`, `RefCell`, `Mutex`) use atomics or a shmutils `Lock<T>`; for `Option<T>` store a `Checked<bool>` flag beside the value"
 )]
 pub unsafe trait Shared: Sized + Send + Sync + 'static {
     /// The type's short name (no generic arguments), used in fingerprints

@@ -253,3 +253,16 @@ pub(crate) fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `pthread_atfork(3)` with only a child handler: `child` runs in the
+/// child of every later `fork`, in the thread that forked.
+pub(crate) fn atfork_child(child: unsafe extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `child` is a function that lives for the whole process; the
+    // prepare and parent handlers may be null.
+    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}

@@ -1,0 +1,320 @@
+//! The shared heap against glibc malloc/free (the process-local floor) and
+//! raw pointer dereference, measured in the same run.
+//!
+//! Run with `cargo bench --bench heap`. Prints one table; ratios are
+//! shmutils / peer (lower is better for times, higher for throughput).
+
+use std::alloc::Layout;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use shmutils::{RelPtr, Segment, SharedHeap};
+
+const SMALL_PAIRS: u64 = 10_000_000;
+const BATCH: usize = 1_000_000;
+const CONTENDED_PAIRS: u64 = 5_000_000;
+const RESOLVES: usize = 10_000_000;
+
+struct Row {
+    name: &'static str,
+    ours: String,
+    peer: String,
+    ratio: String,
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn ns_per(d: Duration, n: u64) -> f64 {
+    d.as_nanos() as f64 / n as f64
+}
+
+/// ns per 64-byte alloc+free pair: (shared path, through a HeapCache,
+/// glibc).
+fn alloc_small(heap: SharedHeap<'_>) -> (f64, f64, f64) {
+    let l = Layout::from_size_align(64, 8).unwrap();
+    // Warm up.
+    for _ in 0..100_000 {
+        let p = heap.alloc(l).unwrap();
+        heap.free(black_box(p), l).unwrap();
+    }
+    let t = Instant::now();
+    for _ in 0..SMALL_PAIRS {
+        let p = heap.alloc(l).unwrap();
+        heap.free(black_box(p), l).unwrap();
+    }
+    let shared = ns_per(t.elapsed(), SMALL_PAIRS);
+    let mut cache = heap.cache();
+    let t = Instant::now();
+    for _ in 0..SMALL_PAIRS {
+        let p = cache.alloc(l).unwrap();
+        cache.free(black_box(p), l).unwrap();
+    }
+    let cached = ns_per(t.elapsed(), SMALL_PAIRS);
+    drop(cache);
+    let t = Instant::now();
+    for _ in 0..SMALL_PAIRS {
+        // SAFETY: malloc/free of a fresh block, never dereferenced.
+        unsafe {
+            let p = libc::malloc(64);
+            libc::free(black_box(p));
+        }
+    }
+    (shared, cached, ns_per(t.elapsed(), SMALL_PAIRS))
+}
+
+struct Batch {
+    alloc_ns: f64,
+    free_ns: f64,
+    requested: u64,
+    used: u64,
+}
+
+fn alloc_batch(heap: SharedHeap<'_>) -> (Batch, Batch) {
+    let mut rng = 0x1234_5678_9abc_def1u64;
+    let sizes: Vec<usize> = (0..BATCH)
+        .map(|_| 16 + (xorshift(&mut rng) % 1009) as usize)
+        .collect();
+    let mut order: Vec<usize> = (0..BATCH).collect();
+    for i in (1..BATCH).rev() {
+        order.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
+    }
+    let requested: u64 = sizes.iter().map(|&s| s as u64).sum();
+
+    let before = heap.stats().high_water_bytes;
+    let t = Instant::now();
+    let ptrs: Vec<RelPtr<u8>> = sizes
+        .iter()
+        .map(|&s| heap.alloc(Layout::from_size_align(s, 8).unwrap()).unwrap())
+        .collect();
+    let alloc_ns = ns_per(t.elapsed(), BATCH as u64);
+    let used = heap.stats().high_water_bytes - before;
+    let t = Instant::now();
+    for &i in &order {
+        heap.free(ptrs[i], Layout::from_size_align(sizes[i], 8).unwrap())
+            .unwrap();
+    }
+    let free_ns = ns_per(t.elapsed(), BATCH as u64);
+    let ours = Batch {
+        alloc_ns,
+        free_ns,
+        requested,
+        used,
+    };
+
+    // SAFETY: mallinfo2 only reads allocator statistics.
+    let arena_before = unsafe { libc::mallinfo2() }.uordblks as u64;
+    let t = Instant::now();
+    // SAFETY: fresh blocks, freed once below, never dereferenced.
+    let raw: Vec<*mut libc::c_void> = sizes.iter().map(|&s| unsafe { libc::malloc(s) }).collect();
+    let g_alloc = ns_per(t.elapsed(), BATCH as u64);
+    // SAFETY: as above.
+    let info = unsafe { libc::mallinfo2() };
+    let g_used = info.uordblks as u64 + info.hblkhd as u64 - arena_before;
+    let t = Instant::now();
+    for &i in &order {
+        // SAFETY: each block is freed exactly once.
+        unsafe { libc::free(raw[i]) };
+    }
+    let g_free = ns_per(t.elapsed(), BATCH as u64);
+    (
+        ours,
+        Batch {
+            alloc_ns: g_alloc,
+            free_ns: g_free,
+            requested,
+            used: g_used,
+        },
+    )
+}
+
+/// Runs `work` in `n` forked children that start together; returns the
+/// wall time from the start signal until all are done.
+fn forked(n: usize, go: &AtomicU32, work: impl Fn() + Copy) -> Duration {
+    go.store(0, Ordering::SeqCst);
+    let pids: Vec<libc::pid_t> = (0..n)
+        .map(|_| {
+            // SAFETY: the child only waits, runs `work` on shared memory and
+            // _exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                while go.load(Ordering::Acquire) == 0 {
+                    std::hint::spin_loop();
+                }
+                work();
+                // SAFETY: leave without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            pid
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    go.store(1, Ordering::Release);
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: our child; status is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "bench child failed"
+        );
+    }
+    t.elapsed()
+}
+
+/// Mops/s (alloc+free pairs) of two processes on one heap: (shared path,
+/// through a HeapCache each, glibc's process-local heaps).
+fn alloc_contended(heap: SharedHeap<'_>, go: &AtomicU32) -> (f64, f64, f64) {
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let shared = forked(2, go, || {
+        for _ in 0..CONTENDED_PAIRS {
+            let p = heap.alloc(l).unwrap();
+            heap.free(black_box(p), l).unwrap();
+        }
+    });
+    let cached = forked(2, go, || {
+        let mut cache = heap.cache();
+        for _ in 0..CONTENDED_PAIRS {
+            let p = cache.alloc(l).unwrap();
+            cache.free(black_box(p), l).unwrap();
+        }
+    });
+    let glibc = forked(2, go, || {
+        for _ in 0..CONTENDED_PAIRS {
+            // SAFETY: malloc/free of a fresh block, never dereferenced.
+            unsafe { libc::free(black_box(libc::malloc(64))) };
+        }
+    });
+    let mops = |d: Duration| (2 * CONTENDED_PAIRS) as f64 / d.as_secs_f64() / 1e6;
+    (mops(shared), mops(cached), mops(glibc))
+}
+
+fn relptr_resolve(heap: SharedHeap<'_>) -> (f64, f64) {
+    let n = 4096;
+    let ptrs: Vec<RelPtr<u64>> = (0..n).map(|i| heap.new(i as u64).unwrap()).collect();
+    let raws: Vec<*const u64> = ptrs
+        .iter()
+        .map(|&p| heap.get(p).unwrap() as *const u64)
+        .collect();
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for i in 0..RESOLVES {
+        sum = sum.wrapping_add(*heap.get(black_box(ptrs[i % n])).unwrap());
+    }
+    black_box(sum);
+    let ours = ns_per(t.elapsed(), RESOLVES as u64);
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for i in 0..RESOLVES {
+        // SAFETY: each pointer came from a live &u64 in the heap above.
+        sum = sum.wrapping_add(unsafe { *black_box(raws[i % n]) });
+    }
+    black_box(sum);
+    let raw = ns_per(t.elapsed(), RESOLVES as u64);
+    for p in ptrs {
+        heap.delete(p).unwrap();
+    }
+    (ours, raw)
+}
+
+fn main() {
+    let seg = Segment::anonymous(1 << 30).expect("a 1 GiB anonymous segment");
+    let heap = seg.heap();
+    let go = heap.new(AtomicU32::new(0)).unwrap();
+    let go = heap.get(go).unwrap();
+    let mut rows = Vec::new();
+
+    let (shared, cached, glibc) = alloc_small(heap);
+    rows.push(Row {
+        name: "alloc_small (64 B alloc+free), shared",
+        ours: format!("{shared:.1} ns/pair"),
+        peer: format!("glibc {glibc:.1} ns/pair"),
+        ratio: format!("{:.2}x", shared / glibc),
+    });
+    rows.push(Row {
+        name: "alloc_small, through a HeapCache",
+        ours: format!("{cached:.1} ns/pair"),
+        peer: format!("glibc {glibc:.1} ns/pair"),
+        ratio: format!("{:.2}x", cached / glibc),
+    });
+
+    let (ours, glibc) = alloc_batch(heap);
+    rows.push(Row {
+        name: "alloc_batch alloc (1M x 16..1024 B)",
+        ours: format!("{:.1} ns/alloc", ours.alloc_ns),
+        peer: format!("glibc {:.1} ns/alloc", glibc.alloc_ns),
+        ratio: format!("{:.2}x", ours.alloc_ns / glibc.alloc_ns),
+    });
+    rows.push(Row {
+        name: "alloc_batch free (shuffled)",
+        ours: format!("{:.1} ns/free", ours.free_ns),
+        peer: format!("glibc {:.1} ns/free", glibc.free_ns),
+        ratio: format!("{:.2}x", ours.free_ns / glibc.free_ns),
+    });
+    rows.push(Row {
+        name: "alloc_batch bytes used / requested",
+        ours: format!(
+            "{:.3} ({} MiB)",
+            ours.used as f64 / ours.requested as f64,
+            ours.used >> 20
+        ),
+        peer: format!(
+            "glibc {:.3} ({} MiB)",
+            glibc.used as f64 / glibc.requested as f64,
+            glibc.used >> 20
+        ),
+        ratio: format!("{:.2}x", ours.used as f64 / glibc.used as f64),
+    });
+
+    let (shared, cached, glibc) = alloc_contended(heap, go);
+    rows.push(Row {
+        name: "alloc_contended (2 procs x 5M), shared",
+        ours: format!("{shared:.1} Mops/s"),
+        peer: format!("glibc local {glibc:.1} Mops/s"),
+        ratio: format!("{:.2}x", shared / glibc),
+    });
+    rows.push(Row {
+        name: "alloc_contended, a HeapCache each",
+        ours: format!("{cached:.1} Mops/s"),
+        peer: format!("glibc local {glibc:.1} Mops/s"),
+        ratio: format!("{:.2}x", cached / glibc),
+    });
+
+    let (ours, raw) = relptr_resolve(heap);
+    rows.push(Row {
+        name: "relptr_resolve (get + load)",
+        ours: format!("{ours:.2} ns"),
+        peer: format!("raw deref {raw:.2} ns"),
+        ratio: format!("{:.2}x", ours / raw),
+    });
+
+    // The forked children dropped their caches before _exit, so nothing is
+    // held: the heap must be consistent (and hold only `go`).
+    let report = heap.check();
+    assert!(report.is_consistent(), "{report}");
+
+    println!(
+        "\n{:<40} {:>22} {:>28} {:>8}",
+        "benchmark", "shmutils", "peer", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<40} {:>22} {:>28} {:>8}",
+            r.name, r.ours, r.peer, r.ratio
+        );
+    }
+    let stats = heap.stats();
+    println!(
+        "\nheap after the run: {} MiB carved of {} MiB, {} blocks in use; check: {report}",
+        stats.high_water_bytes >> 20,
+        stats.arena_bytes >> 20,
+        stats.in_use_blocks
+    );
+}

@@ -1,0 +1,730 @@
+//! Named objects: a fixed directory of [`DIR_CAPACITY`] entries, each
+//! claimed and released by CAS on its state word. No lock.
+//!
+//! # Entry state word
+//! ```text
+//!  63 62 61        32 31            0
+//! +-----+------------+---------------+
+//! |kind | name hash  |  thread id    |
+//! +-----+------------+---------------+
+//! ```
+//!
+//! | state | meaning | next states |
+//! |---|---|---|
+//! | `EMPTY` (0) | free | `INIT(h, tid)` by CAS (claim) |
+//! | `INIT(h, tid)` | thread `tid` is making the object | `READY(h)` (it finished), `EMPTY` (it gave up, failed, or died: anyone may CAS the exact dead value to `EMPTY`) |
+//! | `READY(h)` | the object is published; fields are immutable | `REMOVING(h, tid)` by CAS |
+//! | `REMOVING(h, tid)` | `tid` is freeing the object | `EMPTY` (done, or `tid` died: CAS of the exact dead value) |
+//!
+//! # Exactly one initializer
+//! `find_or_init` scans for the name; if absent it claims an `EMPTY` entry,
+//! then scans again for another `INIT` or `READY` entry of the same name
+//! hash. Claims and both scans are `SeqCst`, so of two racing claimers the
+//! later one always sees the earlier one's claim: whoever sees a rival
+//! backs off (releases its entry, sleeps a random moment, starts over).
+//! Possibly both back off, never neither; so one object per name, and
+//! the random backoff makes repeated collisions vanishingly unlikely.
+//!
+//! # Torn reads
+//! A reader of a `READY` entry checks afterwards that the state and the
+//! entry's generation (bumped by every claimer before it writes the fields)
+//! are unchanged, seqlock style, so it never mixes two objects' fields.
+//!
+//! # Crashes
+//! A process killed while initializing leaves `INIT` with its dead thread
+//! id: the next caller frees the entry (the half-made object, if any, is
+//! leaked: it was that process's). Thread ids can be reused by the kernel;
+//! a reused id makes a waiter wait for the new thread's lifetime, never
+//! corrupts anything.
+
+use std::alloc::Layout;
+use std::mem::{align_of, size_of};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::SharedHeap;
+use crate::error::{Error, Result};
+use crate::ptr::RelPtr;
+use crate::shared::Shared;
+use crate::sys;
+
+/// Entries in a heap's directory: the most named objects a heap holds.
+pub const DIR_CAPACITY: usize = 128;
+/// The longest name of a named object, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Type names are recorded (for error messages) up to this many bytes.
+pub const MAX_TYPE_NAME_LEN: usize = 32;
+
+const KIND_SHIFT: u32 = 62;
+const INIT: u64 = 1;
+const READY: u64 = 2;
+const REMOVING: u64 = 3;
+
+/// One directory entry (160 bytes, all atomics: peers may write any of it).
+#[repr(C)]
+pub(crate) struct DirEntry {
+    state: AtomicU64,
+    generation: AtomicU64,
+    offset: AtomicU64,
+    fingerprint: AtomicU64,
+    size: AtomicU64,
+    align: AtomicU64,
+    /// Name length in the low 32 bits, type name length in the high 32.
+    lens: AtomicU64,
+    name: [AtomicU64; MAX_NAME_LEN / 8],
+    type_name: [AtomicU64; MAX_TYPE_NAME_LEN / 8],
+    _reserved: AtomicU64,
+}
+
+const _: () = assert!(size_of::<DirEntry>() == 160);
+
+fn state(kind: u64, hash: u32, tid: u32) -> u64 {
+    (kind << KIND_SHIFT) | (u64::from(hash & 0x3fff_ffff) << 32) | u64::from(tid)
+}
+
+fn kind(s: u64) -> u64 {
+    s >> KIND_SHIFT
+}
+
+fn hash_of(s: u64) -> u32 {
+    ((s >> 32) & 0x3fff_ffff) as u32
+}
+
+fn tid_of(s: u64) -> u32 {
+    s as u32
+}
+
+/// FNV-1a of the name, 30 bits.
+fn name_hash(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h & 0x3fff_ffff
+}
+
+fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
+    for (i, w) in words.iter().enumerate() {
+        let mut chunk = [0u8; 8];
+        let from = (i * 8).min(bytes.len());
+        let to = (i * 8 + 8).min(bytes.len());
+        chunk[..to - from].copy_from_slice(&bytes[from..to]);
+        w.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+    }
+}
+
+fn load_bytes(words: &[AtomicU64], len: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = words
+        .iter()
+        .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+        .collect();
+    out.truncate(len);
+    out
+}
+
+/// A consistent copy of a `READY` entry.
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) state: u64,
+    pub(crate) name: Vec<u8>,
+    pub(crate) type_name: String,
+    pub(crate) offset: u64,
+    pub(crate) fingerprint: u64,
+    pub(crate) size: u64,
+    pub(crate) align: u64,
+}
+
+impl Snapshot {
+    fn describe(&self) -> String {
+        format!(
+            "{} (size {}, align {}, fingerprint {:#018x})",
+            self.type_name, self.size, self.align, self.fingerprint
+        )
+    }
+}
+
+fn describe<T: Shared>() -> String {
+    format!(
+        "{} (size {}, align {}, fingerprint {:#018x})",
+        T::NAME,
+        size_of::<T>(),
+        align_of::<T>(),
+        T::FINGERPRINT
+    )
+}
+
+/// What a scan for a name found.
+enum Scan {
+    Ready(Snapshot),
+    /// Another thread is making an object of the same name hash.
+    Busy {
+        index: usize,
+        state: u64,
+    },
+    Absent {
+        first_empty: Option<usize>,
+    },
+}
+
+/// Releases a claimed entry unless disarmed (initializer failed or
+/// panicked).
+struct ClaimGuard<'a> {
+    entry: &'a DirEntry,
+    claimed: u64,
+    armed: bool,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Release: later claimers see our fields as stale, never half
+            // made (they bump the generation before writing).
+            let _ = self.entry.state.compare_exchange(
+                self.claimed,
+                0,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// A small xorshift for backoff, seeded per call.
+struct Backoff(u64);
+
+impl Backoff {
+    fn new() -> Backoff {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+        Backoff(t ^ (u64::from(sys::gettid()) << 32) | 1)
+    }
+
+    fn sleep(&mut self) {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        std::thread::sleep(Duration::from_micros(20 + self.0 % 500));
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidArgument {
+            what: format!(
+                "named object name {name:?}: expected 1 to {MAX_NAME_LEN} bytes, found {}",
+                name.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl<'s> SharedHeap<'s> {
+    fn entry(&self, i: usize) -> &'s DirEntry {
+        let i = i % DIR_CAPACITY;
+        let off = self.geo.dir_off + (i * size_of::<DirEntry>()) as u64;
+        // SAFETY: i < DIR_CAPACITY, so the entry lies in the directory
+        // inside the mapping (validated geometry); 8-aligned; all atomics.
+        unsafe { &*(self.base.as_ptr().add(off as usize) as *const DirEntry) }
+    }
+
+    /// A consistent copy of entry `i` if it is `READY`.
+    pub(crate) fn read_ready(&self, i: usize) -> Option<Snapshot> {
+        let e = self.entry(i);
+        for _ in 0..16 {
+            // Acquire: pairs with the Release store of READY in
+            // find_or_init(), making the fields visible.
+            let generation = e.generation.load(Ordering::Acquire);
+            let s = e.state.load(Ordering::Acquire);
+            if kind(s) != READY {
+                return None;
+            }
+            let lens = e.lens.load(Ordering::Relaxed);
+            let name_len = ((lens & 0xffff_ffff) as usize).min(MAX_NAME_LEN);
+            let type_len = ((lens >> 32) as usize).min(MAX_TYPE_NAME_LEN);
+            let snap = Snapshot {
+                state: s,
+                name: load_bytes(&e.name, name_len),
+                type_name: String::from_utf8_lossy(&load_bytes(&e.type_name, type_len))
+                    .into_owned(),
+                offset: e.offset.load(Ordering::Relaxed),
+                fingerprint: e.fingerprint.load(Ordering::Relaxed),
+                size: e.size.load(Ordering::Relaxed),
+                align: e.align.load(Ordering::Relaxed),
+            };
+            // Acquire fence: pairs with the Release fence a claimer issues
+            // after bumping the generation and before writing fields; if we
+            // read any of its fields, we see its new generation below.
+            fence(Ordering::Acquire);
+            if e.state.load(Ordering::Relaxed) == s
+                && e.generation.load(Ordering::Relaxed) == generation
+            {
+                return Some(snap);
+            }
+        }
+        None
+    }
+
+    /// Scans the whole directory for `name`.
+    fn scan(&self, name: &str, hash: u32) -> Scan {
+        let mut busy = None;
+        let mut first_empty = None;
+        for i in 0..DIR_CAPACITY {
+            let s = self.entry(i).state.load(Ordering::SeqCst);
+            match kind(s) {
+                0 if s == 0 => {
+                    first_empty.get_or_insert(i);
+                }
+                READY if hash_of(s) == hash => {
+                    if let Some(snap) = self.read_ready(i) {
+                        if snap.name == name.as_bytes() {
+                            return Scan::Ready(snap);
+                        }
+                    }
+                }
+                INIT if hash_of(s) == hash => {
+                    busy.get_or_insert((i, s));
+                }
+                REMOVING if !sys::thread_alive(tid_of(s)) => {
+                    // The remover died: finish its release.
+                    let _ = self.entry(i).state.compare_exchange(
+                        s,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    );
+                }
+                _ => {}
+            }
+        }
+        match busy {
+            Some((index, state)) => Scan::Busy { index, state },
+            None => Scan::Absent { first_empty },
+        }
+    }
+
+    /// Whether an entry other than `mine` holds (or is making) `name`.
+    fn rival(&self, name: &str, hash: u32, mine: usize) -> bool {
+        (0..DIR_CAPACITY).filter(|&i| i != mine).any(|i| {
+            let s = self.entry(i).state.load(Ordering::SeqCst);
+            match kind(s) {
+                INIT => hash_of(s) == hash,
+                READY => {
+                    hash_of(s) == hash
+                        && self
+                            .read_ready(i)
+                            .map_or(true, |snap| snap.name == name.as_bytes())
+                }
+                _ => false,
+            }
+        })
+    }
+
+    fn typed<T: Shared>(&self, name: &str, snap: &Snapshot) -> Result<RelPtr<T>> {
+        if snap.fingerprint != T::FINGERPRINT
+            || snap.size != size_of::<T>() as u64
+            || snap.align != align_of::<T>() as u64
+        {
+            return Err(Error::TypeMismatch {
+                name: name.to_owned(),
+                expected: describe::<T>(),
+                found: snap.describe(),
+            });
+        }
+        Ok(RelPtr::from_offset(snap.offset))
+    }
+
+    /// The named object `name`, made by `init` if it does not exist yet.
+    ///
+    /// Atomic across processes: of any number of racing callers exactly one
+    /// runs its `init`; the others wait for its object. A caller whose
+    /// initializer died (crashed process) is replaced by the next caller.
+    /// Calling it for `name` from inside `name`'s own `init` is an error,
+    /// not a deadlock.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if `name` holds another type (compared by
+    /// fingerprint, size and alignment); [`Error::DirectoryFull`];
+    /// [`Error::InvalidArgument`] for a name of 0 or more than
+    /// [`MAX_NAME_LEN`] bytes, or reentrant use; errors of
+    /// [`new`](Self::new). If `init` panics, the entry is released and the
+    /// panic continues.
+    pub fn find_or_init<T: Shared>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> T,
+    ) -> Result<RelPtr<T>> {
+        check_name(name)?;
+        let hash = name_hash(name);
+        let me = sys::gettid();
+        let mut backoff = Backoff::new();
+        let mut init = Some(init);
+        loop {
+            let i = match self.scan(name, hash) {
+                Scan::Ready(snap) => return self.typed::<T>(name, &snap),
+                Scan::Busy { index, state } => {
+                    let tid = tid_of(state);
+                    if tid == me {
+                        return Err(Error::InvalidArgument {
+                            what: format!(
+                                "find_or_init({name:?}) was called from the initializer of the same name"
+                            ),
+                        });
+                    }
+                    if !sys::thread_alive(tid) {
+                        // The initializer died: free its entry (exact value).
+                        let _ = self.entry(index).state.compare_exchange(
+                            state,
+                            0,
+                            Ordering::SeqCst,
+                            Ordering::Relaxed,
+                        );
+                    } else {
+                        backoff.sleep();
+                    }
+                    continue;
+                }
+                Scan::Absent { first_empty: None } => {
+                    return Err(Error::DirectoryFull {
+                        capacity: DIR_CAPACITY,
+                    })
+                }
+                Scan::Absent {
+                    first_empty: Some(i),
+                } => i,
+            };
+            let e = self.entry(i);
+            let claimed = state(INIT, hash, me);
+            // SeqCst: the claim and the rival scan below are ordered with a
+            // rival's claim and scan, so at least one of two sees the other.
+            if e.state
+                .compare_exchange(0, claimed, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let mut guard = ClaimGuard {
+                entry: e,
+                claimed,
+                armed: true,
+            };
+            if self.rival(name, hash, i) {
+                drop(guard);
+                backoff.sleep();
+                continue;
+            }
+            e.generation.fetch_add(1, Ordering::Relaxed);
+            // Release fence: pairs with the Acquire fence in read_ready(): a
+            // reader that sees any field written below sees the new
+            // generation.
+            fence(Ordering::Release);
+            let type_name = &T::NAME.as_bytes()[..T::NAME.len().min(MAX_TYPE_NAME_LEN)];
+            store_bytes(&e.name, name.as_bytes());
+            store_bytes(&e.type_name, type_name);
+            e.lens.store(
+                name.len() as u64 | ((type_name.len() as u64) << 32),
+                Ordering::Relaxed,
+            );
+            e.fingerprint.store(T::FINGERPRINT, Ordering::Relaxed);
+            e.size.store(size_of::<T>() as u64, Ordering::Relaxed);
+            e.align.store(align_of::<T>() as u64, Ordering::Relaxed);
+            let Some(init) = init.take() else {
+                // Unreachable: init is taken once, right before we return.
+                return Err(Error::InvalidArgument {
+                    what: "initializer already used".to_owned(),
+                });
+            };
+            let ptr = self.new(init())?;
+            e.offset.store(ptr.offset(), Ordering::Relaxed);
+            // Release: publishes the fields and the object to the Acquire
+            // loads in read_ready().
+            if e.state
+                .compare_exchange(
+                    claimed,
+                    state(READY, hash, 0),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                // Someone judged us dead and took the entry: undo and lose.
+                guard.armed = false;
+                self.delete(ptr)?;
+                return Err(Error::Timeout {
+                    what: format!("named object {name:?}: the entry was taken over"),
+                });
+            }
+            guard.armed = false;
+            return Ok(ptr);
+        }
+    }
+
+    /// The named object `name`, which must hold a `T`.
+    ///
+    /// # Errors
+    /// [`Error::NameNotFound`] if absent (or still being initialized);
+    /// [`Error::TypeMismatch`] naming both types if it holds another type;
+    /// [`Error::InvalidArgument`] for a bad name.
+    pub fn find<T: Shared>(&self, name: &str) -> Result<RelPtr<T>> {
+        check_name(name)?;
+        match self.scan(name, name_hash(name)) {
+            Scan::Ready(snap) => self.typed::<T>(name, &snap),
+            _ => Err(Error::NameNotFound {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Removes the named object `name` **and frees its block** (with the
+    /// layout recorded in the entry). Pointers to it that others still hold
+    /// become stale (reading them is safe, see the heap docs).
+    ///
+    /// # Errors
+    /// [`Error::NameNotFound`]; errors of [`free`](Self::free) if the
+    /// entry's record was corrupt (the entry is removed anyway).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let hash = name_hash(name);
+        let me = sys::gettid();
+        loop {
+            let Scan::Ready(snap) = self.scan(name, hash) else {
+                return Err(Error::NameNotFound {
+                    name: name.to_owned(),
+                });
+            };
+            let Some(i) = (0..DIR_CAPACITY).find(|&i| {
+                self.read_ready(i)
+                    .is_some_and(|s| s.name == snap.name && s.offset == snap.offset)
+            }) else {
+                continue;
+            };
+            let e = self.entry(i);
+            // Acquire: the fields we read next are those of the entry we
+            // take, published by its READY store.
+            if e.state
+                .compare_exchange(
+                    snap.state,
+                    state(REMOVING, hash, me),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let offset = e.offset.load(Ordering::Relaxed);
+            let (size, align) = (
+                e.size.load(Ordering::Relaxed),
+                e.align.load(Ordering::Relaxed),
+            );
+            let freed = usize::try_from(size)
+                .ok()
+                .zip(usize::try_from(align).ok())
+                .and_then(|(s, a)| Layout::from_size_align(s, a).ok())
+                .ok_or_else(|| Error::HeapCorrupt {
+                    what: format!("named object {name:?} records size {size}, align {align}"),
+                })
+                .and_then(|layout| self.free(RelPtr::from_offset(offset), layout));
+            // Release: the entry is free for a new claimer.
+            e.state.store(0, Ordering::Release);
+            return freed;
+        }
+    }
+
+    /// How many entries are `READY`, and which look abandoned (`INIT` or
+    /// `REMOVING` by a dead thread), for stats and check.
+    pub(crate) fn directory_census(&self) -> (usize, Vec<String>) {
+        let mut ready = 0;
+        let mut stale = Vec::new();
+        for i in 0..DIR_CAPACITY {
+            let s = self.entry(i).state.load(Ordering::Acquire);
+            match kind(s) {
+                READY => ready += 1,
+                INIT | REMOVING if !sys::thread_alive(tid_of(s)) => stale.push(format!(
+                    "directory entry {i} was left {} by thread {} that no longer exists",
+                    if kind(s) == INIT {
+                        "initializing"
+                    } else {
+                        "removing"
+                    },
+                    tid_of(s)
+                )),
+                _ => {}
+            }
+        }
+        (ready, stale)
+    }
+
+    /// Every `READY` entry, for check.
+    pub(crate) fn directory_entries(&self) -> Vec<Snapshot> {
+        (0..DIR_CAPACITY)
+            .filter_map(|i| self.read_ready(i))
+            .collect()
+    }
+
+    /// Entry `i`'s raw state word (tests).
+    #[cfg(test)]
+    pub(crate) fn entry_state(&self, i: usize) -> &'s AtomicU64 {
+        &self.entry(i).state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::testing::TestRegion;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn state_words_round_trip() {
+        let s = state(INIT, 0x3abc_def0, 4242);
+        assert_eq!((kind(s), hash_of(s), tid_of(s)), (INIT, 0x3abc_def0, 4242));
+        assert_eq!(kind(state(REMOVING, u32::MAX, u32::MAX)), REMOVING);
+        assert_ne!(name_hash("counter"), name_hash("counters"));
+    }
+
+    #[test]
+    fn find_or_init_runs_init_once_and_types_are_checked() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let mut runs = 0;
+        let a = heap
+            .find_or_init("counter", || {
+                runs += 1;
+                AtomicU64::new(7)
+            })
+            .unwrap();
+        let b = heap
+            .find_or_init("counter", || {
+                runs += 1;
+                AtomicU64::new(9)
+            })
+            .unwrap();
+        assert_eq!((a, runs), (b, 1));
+        assert_eq!(heap.get(a).unwrap().load(Ordering::Relaxed), 7);
+        assert_eq!(heap.find::<AtomicU64>("counter").unwrap(), a);
+        match heap.find::<AtomicU32>("counter") {
+            Err(Error::TypeMismatch {
+                name,
+                expected,
+                found,
+            }) => {
+                assert_eq!(name, "counter");
+                assert!(expected.starts_with("AtomicU32 (size 4"), "{expected}");
+                assert!(found.starts_with("AtomicU64 (size 8"), "{found}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            heap.find::<AtomicU64>("nope"),
+            Err(Error::NameNotFound { .. })
+        ));
+        heap.remove("counter").unwrap();
+        assert!(matches!(
+            heap.find::<AtomicU64>("counter"),
+            Err(Error::NameNotFound { .. })
+        ));
+        assert!(matches!(
+            heap.remove("counter"),
+            Err(Error::NameNotFound { .. })
+        ));
+        assert_eq!(heap.stats().in_use_bytes, 0, "remove freed the object");
+    }
+
+    #[test]
+    fn names_are_bounded_and_the_directory_fills() {
+        let region = TestRegion::new(4 << 20);
+        let heap = region.heap();
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        assert!(matches!(
+            heap.find_or_init(&long, || 0u8),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            heap.find::<u8>(""),
+            Err(Error::InvalidArgument { .. })
+        ));
+        let max = "y".repeat(MAX_NAME_LEN);
+        let p = heap.find_or_init(&max, || 5u8).unwrap();
+        assert_eq!(heap.find::<u8>(&max).unwrap(), p);
+        for i in 1..DIR_CAPACITY {
+            heap.find_or_init(&format!("n{i}"), || i as u64).unwrap();
+        }
+        assert!(matches!(
+            heap.find_or_init("one-too-many", || 0u64),
+            Err(Error::DirectoryFull {
+                capacity: DIR_CAPACITY
+            })
+        ));
+        heap.remove("n7").unwrap();
+        let q = heap.find_or_init("one-too-many", || 77u64).unwrap();
+        assert_eq!(*heap.get(q).unwrap(), 77);
+        assert_eq!(*heap.get(heap.find::<u64>("n8").unwrap()).unwrap(), 8);
+    }
+
+    #[test]
+    fn reentrant_init_is_an_error_and_a_failed_init_frees_the_entry() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let r = heap.find_or_init("outer", || {
+            let inner = heap.find_or_init("outer", || 1u32);
+            assert!(
+                matches!(inner, Err(Error::InvalidArgument { .. })),
+                "{inner:?}"
+            );
+            2u32
+        });
+        assert_eq!(*heap.get(r.unwrap()).unwrap(), 2);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            heap.find_or_init::<u32>("boom", || panic!("init failed"))
+        }));
+        assert!(panicked.is_err());
+        // The entry was released: the next caller initializes.
+        assert_eq!(
+            *heap
+                .get(heap.find_or_init("boom", || 3u32).unwrap())
+                .unwrap(),
+            3
+        );
+    }
+
+    #[test]
+    fn an_initializer_that_died_is_replaced() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        // Forge an entry left INIT by a thread id that cannot exist.
+        let dead = state(INIT, name_hash("orphan"), i32::MAX as u32 - 1);
+        heap.entry_state(5).store(dead, Ordering::SeqCst);
+        assert_eq!(heap.directory_census().1.len(), 1);
+        let p = heap.find_or_init("orphan", || 11u16).unwrap();
+        assert_eq!(*heap.get(p).unwrap(), 11);
+        assert_eq!(heap.directory_census(), (1, vec![]));
+    }
+
+    #[test]
+    fn racing_threads_initialize_once() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let runs = AtomicU64::new(0);
+        let ptrs: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        heap.find_or_init("shared", || {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(5));
+                            AtomicU64::new(0)
+                        })
+                        .unwrap()
+                        .offset()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "{ptrs:?}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Where the heap's pieces lie in a segment, and its header.
+//!
+//! ```text
+//! heap_off   HeapHeader (128 B): magic, version, the geometry below, bump
+//!            free-list heads: NCLASSES x NSHARDS AtomicU64, one per cache
+//!            line
+//! dir_off    named-object directory: DIR_CAPACITY entries of 160 B
+//! pagemap    one AtomicU32 per arena page (see `PageEntry`)
+//! bitmap     64 bytes (one cache line, 512 bits) per arena page: a
+//!            span's lines hold one "allocated" bit per block, block i of
+//!            a slab in line i % 16 (so neighbouring blocks, often used by
+//!            different processes, never share a line)
+//! arena      page-aligned; every block lives here
+//! ```
+//!
+//! The geometry is a pure function of the segment size and `heap_off`. The
+//! header records it; attaching recomputes it and compares, so a header a
+//! peer scribbled over is refused, and afterwards every process works from
+//! its own validated copy, never from numbers re-read from the segment.
+
+use std::sync::atomic::AtomicU64;
+
+use super::class::{NCLASSES, PAGE, SLAB_PAGES};
+use super::directory::{DirEntry, DIR_CAPACITY};
+use crate::error::{Error, Result};
+
+/// "SHMUHEAP", little-endian.
+pub(crate) const HEAP_MAGIC: u64 = u64::from_le_bytes(*b"SHMUHEAP");
+/// The heap's format version.
+pub(crate) const HEAP_VERSION: u64 = 1;
+/// Free-list shards per class: processes spread over them so that two of
+/// them rarely fight over one head's cache line.
+pub(crate) const NSHARDS: usize = 8;
+/// Bytes per free-list head: each head has its own cache line, so two
+/// processes working on different lists never share one.
+pub(crate) const HEAD_STRIDE: u64 = 64;
+/// Block offsets are stored as `offset / 8` in 32 bits, so a segment holds
+/// at most 32 GiB.
+pub(crate) const MAX_SEGMENT: u64 = 1 << 35;
+/// Bytes of the header struct.
+const HEADER_BYTES: u64 = 128;
+/// Bitmap bytes per arena page: one cache line, 512 bits, enough for the
+/// 8192 blocks of the smallest class spread over a slab's 16 lines.
+pub(crate) const BITMAP_BYTES_PER_PAGE: u64 = 64;
+
+/// The heap header. Every field is atomic because peers may write the
+/// segment at any time; fields other than `bump` and `corrupt_events` are
+/// written once, before `magic` is published.
+#[repr(C)]
+pub(crate) struct HeapHeader {
+    /// [`HEAP_MAGIC`] once the heap is formatted (stored last, Release).
+    pub(crate) magic: AtomicU64,
+    pub(crate) version: AtomicU64,
+    pub(crate) total: AtomicU64,
+    pub(crate) heap_off: AtomicU64,
+    pub(crate) heads_off: AtomicU64,
+    pub(crate) dir_off: AtomicU64,
+    pub(crate) dir_capacity: AtomicU64,
+    pub(crate) pagemap_off: AtomicU64,
+    pub(crate) bitmap_off: AtomicU64,
+    pub(crate) arena_start: AtomicU64,
+    pub(crate) arena_pages: AtomicU64,
+    /// Pages of the arena carved into spans so far (only grows). State
+    /// table: `n` -> `n + k` by CAS when a span of `k` pages is carved, if
+    /// `n + k <= arena_pages`; a process killed after its CAS leaves pages
+    /// `n..n + k` carved but unpublished (counted as leaked by `check`).
+    pub(crate) bump: AtomicU64,
+    /// How many corrupt free-list entries the allocator has skipped.
+    pub(crate) corrupt_events: AtomicU64,
+    _reserved: [AtomicU64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<HeapHeader>() as u64 == HEADER_BYTES);
+
+/// Offsets of the heap's pieces from the segment's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) total: u64,
+    pub(crate) heap_off: u64,
+    pub(crate) heads_off: u64,
+    pub(crate) dir_off: u64,
+    pub(crate) dir_capacity: u64,
+    pub(crate) pagemap_off: u64,
+    pub(crate) bitmap_off: u64,
+    pub(crate) arena_start: u64,
+    pub(crate) arena_pages: u64,
+}
+
+const fn align_up(n: u64, a: u64) -> u64 {
+    n.div_ceil(a) * a
+}
+
+impl Geometry {
+    /// The layout of a heap at `heap_off` in a segment of `total` bytes.
+    ///
+    /// # Errors
+    /// [`Error::SegmentTooSmall`] when not even one slab fits;
+    /// [`Error::InvalidArgument`] above [`MAX_SEGMENT`] or for a misaligned
+    /// `heap_off`.
+    pub(crate) fn compute(total: u64, heap_off: u64) -> Result<Geometry> {
+        if total > MAX_SEGMENT {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "a segment of {total} bytes: at most {MAX_SEGMENT} bytes are supported"
+                ),
+            });
+        }
+        if heap_off % 64 != 0 {
+            return Err(Error::InvalidArgument {
+                what: format!("heap offset {heap_off}: expected a multiple of 64"),
+            });
+        }
+        let heads_off = heap_off + HEADER_BYTES;
+        let dir_off = heads_off + (NSHARDS * NCLASSES) as u64 * HEAD_STRIDE;
+        let pagemap_off = dir_off + DIR_CAPACITY as u64 * std::mem::size_of::<DirEntry>() as u64;
+        let with_pages = |n: u64| {
+            let bitmap_off = align_up(pagemap_off + 4 * n, BITMAP_BYTES_PER_PAGE);
+            let arena_start = align_up(bitmap_off + BITMAP_BYTES_PER_PAGE * n, PAGE);
+            Geometry {
+                total,
+                heap_off,
+                heads_off,
+                dir_off,
+                dir_capacity: DIR_CAPACITY as u64,
+                pagemap_off,
+                bitmap_off,
+                arena_start,
+                arena_pages: n,
+            }
+        };
+        let mut n = total.saturating_sub(pagemap_off) / (PAGE + 4 + BITMAP_BYTES_PER_PAGE);
+        while n > 0 && with_pages(n).end() > total {
+            n -= 1;
+        }
+        if n < SLAB_PAGES {
+            return Err(Error::SegmentTooSmall {
+                size: total,
+                min: with_pages(SLAB_PAGES).end(),
+            });
+        }
+        Ok(with_pages(n))
+    }
+
+    /// The smallest segment whose heap (at `heap_off`) holds one slab.
+    pub(crate) fn min_total(heap_off: u64) -> u64 {
+        match Geometry::compute(0, heap_off) {
+            Err(Error::SegmentTooSmall { min, .. }) => min,
+            _ => 0,
+        }
+    }
+
+    /// One past the arena's last byte.
+    pub(crate) fn end(&self) -> u64 {
+        self.arena_start + self.arena_pages * PAGE
+    }
+
+    /// Bytes in the arena.
+    pub(crate) fn arena_bytes(&self) -> u64 {
+        self.arena_pages * PAGE
+    }
+
+    /// Writes the geometry into a header (before its magic is published).
+    pub(crate) fn store(&self, h: &HeapHeader) {
+        use std::sync::atomic::Ordering::Relaxed;
+        h.version.store(HEAP_VERSION, Relaxed);
+        h.total.store(self.total, Relaxed);
+        h.heap_off.store(self.heap_off, Relaxed);
+        h.heads_off.store(self.heads_off, Relaxed);
+        h.dir_off.store(self.dir_off, Relaxed);
+        h.dir_capacity.store(self.dir_capacity, Relaxed);
+        h.pagemap_off.store(self.pagemap_off, Relaxed);
+        h.bitmap_off.store(self.bitmap_off, Relaxed);
+        h.arena_start.store(self.arena_start, Relaxed);
+        h.arena_pages.store(self.arena_pages, Relaxed);
+        h.bump.store(0, Relaxed);
+        h.corrupt_events.store(0, Relaxed);
+    }
+
+    /// Compares a header with this (recomputed) geometry.
+    ///
+    /// # Errors
+    /// [`Error::HeapCorrupt`] naming the first field that differs.
+    pub(crate) fn verify(&self, h: &HeapHeader) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fields: [(&str, &AtomicU64, u64); 11] = [
+            ("version", &h.version, HEAP_VERSION),
+            ("total size", &h.total, self.total),
+            ("heap offset", &h.heap_off, self.heap_off),
+            ("heads offset", &h.heads_off, self.heads_off),
+            ("directory offset", &h.dir_off, self.dir_off),
+            ("directory capacity", &h.dir_capacity, self.dir_capacity),
+            ("page map offset", &h.pagemap_off, self.pagemap_off),
+            ("bitmap offset", &h.bitmap_off, self.bitmap_off),
+            ("arena start", &h.arena_start, self.arena_start),
+            ("arena pages", &h.arena_pages, self.arena_pages),
+            ("magic", &h.magic, HEAP_MAGIC),
+        ];
+        for (what, field, want) in fields {
+            let found = field.load(Relaxed);
+            if found != want {
+                return Err(Error::HeapCorrupt {
+                    what: format!("heap header field {what}: expected {want:#x}, found {found:#x}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_fits_and_is_aligned() {
+        for total in [1 << 18, 1 << 20, 3 << 20, (64 << 20) + 12345, 1 << 30] {
+            let g = Geometry::compute(total, 64).unwrap();
+            assert!(g.end() <= total, "{g:?}");
+            assert_eq!(g.arena_start % PAGE, 0);
+            assert_eq!(g.heads_off % 64, 0);
+            assert!(g.bitmap_off >= g.pagemap_off + 4 * g.arena_pages);
+            assert!(g.arena_start >= g.bitmap_off + BITMAP_BYTES_PER_PAGE * g.arena_pages);
+            // Little is wasted: one more page would not fit.
+            let again = Geometry::compute(total, 64).unwrap();
+            assert_eq!(again, g);
+            assert!(total - g.end() < 2 * PAGE + 4 + BITMAP_BYTES_PER_PAGE + 64);
+        }
+    }
+
+    #[test]
+    fn too_small_names_the_minimum() {
+        let min = Geometry::min_total(64);
+        assert!(min > 0);
+        assert!(Geometry::compute(min, 64).is_ok());
+        match Geometry::compute(min - 1, 64) {
+            Err(Error::SegmentTooSmall { size, min: m }) => assert_eq!((size, m), (min - 1, min)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Geometry::compute(4096, 64),
+            Err(Error::SegmentTooSmall { .. })
+        ));
+        assert!(matches!(
+            Geometry::compute(MAX_SEGMENT + 1, 64),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+}

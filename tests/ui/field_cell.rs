@@ -1,0 +1,10 @@
+use shmutils::SharedStruct;
+use std::cell::Cell;
+
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Counter {
+    hits: Cell<u64>,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use shmutils::SharedStruct;
+
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Node {
+    value: u64,
+    next: *const Node,
+    prev: *mut Node,
+}
+
+fn main() {}
