@@ -88,6 +88,11 @@ pub enum Error {
         /// The length asked for.
         len: usize,
     },
+    /// A lock could not be taken cleanly; converted from a
+    /// [`LockError`](crate::lock::LockError) by `?`, which drops any guard
+    /// (an `OwnerDied` guard dropped unrepaired makes the lock not
+    /// recoverable).
+    Lock(crate::lock::LockError<()>),
 }
 
 impl fmt::Display for Error {
@@ -130,6 +135,7 @@ impl fmt::Display for Error {
                     "cannot map {len} bytes at {addr:#x}: the range is in use"
                 )
             }
+            Error::Lock(e) => write!(f, "lock: {e}"),
         }
     }
 }
@@ -178,6 +184,12 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
+    }
+}
+
+impl<G> From<crate::lock::LockError<G>> for Error {
+    fn from(e: crate::lock::LockError<G>) -> Error {
+        Error::Lock(e.without_guard())
     }
 }
 
