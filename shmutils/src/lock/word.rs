@@ -38,8 +38,7 @@
 
 use std::cell::Cell;
 use std::hint::spin_loop;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::LockError;
@@ -72,8 +71,15 @@ thread_local! {
     static TID: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Registers [`reset_tid`] to run in every forked child (once).
-static ATFORK: Once = Once::new();
+/// Whether [`reset_tid`] is registered to run in forked children:
+/// `UNREGISTERED`, `REGISTERING` (one thread is calling `pthread_atfork`),
+/// `REGISTERED`, or `FAILED`. Not a `Once`: a child forked while another
+/// thread was inside `call_once` would wait for it forever.
+static ATFORK: AtomicU8 = AtomicU8::new(UNREGISTERED);
+const UNREGISTERED: u8 = 0;
+const REGISTERING: u8 = 1;
+const REGISTERED: u8 = 2;
+const FAILED: u8 = 3;
 
 /// `pthread_atfork` child handler: the child's only thread has a new tid,
 /// but inherited its parent's cached one.
@@ -94,22 +100,35 @@ pub(crate) fn current_tid() -> u32 {
 
 #[cold]
 fn fetch_tid() -> u32 {
-    ATFORK.call_once(|| {
-        // Without the handler a forked child would lock with its parent's
-        // tid; if registration ever failed, fall back to no caching.
-        if sys::atfork_child(reset_tid).is_err() {
-            return;
-        }
-        ATFORK_OK.store(true, Ordering::Relaxed);
-    });
     let tid = sys::gettid() & TID_MASK;
-    if ATFORK_OK.load(Ordering::Relaxed) {
+    // Acquire: pairs with the Release store below, so a thread that caches
+    // its tid does so after the handler that will reset it is registered.
+    let mut state = ATFORK.load(Ordering::Acquire);
+    if state == UNREGISTERED
+        && ATFORK
+            .compare_exchange(
+                UNREGISTERED,
+                REGISTERING,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        state = if sys::atfork_child(reset_tid).is_ok() {
+            REGISTERED
+        } else {
+            FAILED
+        };
+        // Release: publishes the registration to the Acquire load above.
+        ATFORK.store(state, Ordering::Release);
+    }
+    // Without the handler a forked child would lock with its parent's tid,
+    // so cache only once it is registered (until then, one syscall a lock).
+    if state == REGISTERED {
         TID.with(|t| t.set(tid));
     }
     tid
 }
-
-static ATFORK_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What a lock word says, read without trusting it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
