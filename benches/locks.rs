@@ -21,7 +21,7 @@ use shmutils_workspace::{fork, ShmName};
 const UNCONTENDED_PAIRS: u64 = 10_000_000;
 const CONTENDED_TOTAL: u64 = 2_000_000;
 const ROUND_TRIPS: u32 = 100_000;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 /// Offsets in the segment; each object on its own cache lines.
 const START: usize = 0; // AtomicU32 start flag

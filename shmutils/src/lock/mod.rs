@@ -26,13 +26,17 @@
 //! of several waiters exactly one wins; it gets
 //! [`LockError::OwnerDied`] carrying the guard, normally within 5–10 ms of
 //! the death, whether or not anyone was waiting when it happened.
-//! `try_lock` and an expiring `lock_timeout` check the owner at once.
+//! `try_lock` and an expiring `lock_timeout` check the owner at once (a
+//! `kill` and a read of `/proc`, so a `try_lock` that fails costs a few
+//! microseconds).
 //!
 //! The winner repairs the data and calls `mark_consistent()` on the guard.
 //! If it drops the guard without doing so, the lock becomes
 //! [`LockError::NotRecoverable`] for every process, for good (pthread's
 //! robust-mutex contract). A word holding garbage (a peer scribbled over it)
-//! whose owner cannot be a live thread is treated as a dead owner.
+//! whose owner cannot be a live thread is treated as a dead owner; garbage
+//! that happens to name a live thread looks like a holder, so `lock` waits
+//! as it would for one (use `lock_timeout` where that matters).
 //!
 //! No kernel robust list is used (glibc owns the thread's one), so:
 //! - **tid reuse**: if the owner dies and the kernel hands its tid to a new
