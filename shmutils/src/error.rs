@@ -200,6 +200,11 @@ pub enum Error {
         /// How many named objects a heap holds.
         capacity: usize,
     },
+    /// A lock could not be taken cleanly; converted from a
+    /// [`LockError`](crate::lock::LockError) by `?`, which drops any guard
+    /// (an `OwnerDied` guard dropped unrepaired makes the lock not
+    /// recoverable).
+    Lock(crate::lock::LockError<()>),
 }
 
 impl fmt::Display for Error {
@@ -312,6 +317,7 @@ impl fmt::Display for Error {
                 f,
                 "the named-object directory is full: it holds at most {capacity} names"
             ),
+            Error::Lock(e) => write!(f, "lock: {e}"),
         }
     }
 }
@@ -362,6 +368,12 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
+    }
+}
+
+impl<G> From<crate::lock::LockError<G>> for Error {
+    fn from(e: crate::lock::LockError<G>) -> Error {
+        Error::Lock(e.without_guard())
     }
 }
 
