@@ -234,6 +234,11 @@ pub enum Error {
         /// What was found there instead.
         reason: String,
     },
+    /// A lock could not be taken cleanly; converted from a
+    /// [`LockError`](crate::lock::LockError) by `?`, which drops any guard
+    /// (an `OwnerDied` guard dropped unrepaired makes the lock not
+    /// recoverable).
+    Lock(crate::lock::LockError<()>),
 }
 
 impl fmt::Display for Error {
@@ -363,6 +368,7 @@ impl fmt::Display for Error {
             Error::FreedObject { offset, reason } => {
                 write!(f, "the handle's object at {offset:#x} was freed: {reason}")
             }
+            Error::Lock(e) => write!(f, "lock: {e}"),
         }
     }
 }
@@ -413,6 +419,12 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
+    }
+}
+
+impl<G> From<crate::lock::LockError<G>> for Error {
+    fn from(e: crate::lock::LockError<G>) -> Error {
+        Error::Lock(e.without_guard())
     }
 }
 

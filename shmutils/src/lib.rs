@@ -14,15 +14,16 @@
 //! ```
 //!
 //! The layers, each using only those above it: [`shm`] (named memory),
-//! [`shared`] (what may be stored), [`mmap`] (mappings).
+//! [`shared`] (what may be stored), [`mmap`] (mappings), [`lock`]
+//! (process-shared locks that survive a crashed holder).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
-#[allow(dead_code)] // the futex and thread helpers are for the lock layer
 mod sys;
 
 pub mod error;
 pub mod handle;
+pub mod lock;
 pub mod mmap;
 pub mod shared;
 pub mod shm;
@@ -33,6 +34,10 @@ pub mod segment;
 
 pub use error::{Error, Result};
 pub use handle::Handle;
+pub use lock::{
+    Condvar, Lock, LockError, LockGuard, LockResult, RLock, RLockGuard, RawLock, RawRLock,
+    WaitTimeoutResult,
+};
 pub use mmap::{
     munmap, page_size, round_to_page_size, AbsoluteMemory, MapFlags, MapProtections, MappedMemory,
     RelativeMemory,

@@ -137,6 +137,7 @@ pub(crate) fn page_size() -> usize {
 }
 
 /// The calling process's id.
+#[allow(dead_code)] // no layer needs it yet (locks record thread ids)
 pub(crate) fn getpid() -> u32 {
     // SAFETY: getpid has no preconditions and cannot fail.
     unsafe { libc::getpid() as u32 }
@@ -254,15 +255,28 @@ pub(crate) fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// `pthread_atfork(3)` with only a child handler: `child` runs in the
-/// child of every later `fork`, in the thread that forked.
+/// `pthread_atfork(3)` with only a child handler: `child` runs in the child
+/// process right after every `fork()` made through libc.
 pub(crate) fn atfork_child(child: unsafe extern "C" fn()) -> io::Result<()> {
-    // SAFETY: `child` is a function that lives for the whole process; the
-    // prepare and parent handlers may be null.
-    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(r))
+    // SAFETY: registering a handler has no memory-safety preconditions; the
+    // handler is a plain function that lives for the whole program.
+    match unsafe { libc::pthread_atfork(None, None, Some(child)) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
+}
+
+/// Whether the thread `tid` has exited but not been reaped yet (a zombie,
+/// state `Z` or `X` in `/proc/TID/stat`). `kill(tid, 0)` still succeeds for
+/// such a thread, so [`thread_alive`] alone would call it alive. Reports
+/// `false` when `/proc` cannot tell (not mounted, or `tid` gone).
+pub(crate) fn thread_is_zombie(tid: u32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{tid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": comm may contain anything, so look after the last ')'.
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    matches!(stat.get(close + 2), Some(b'Z' | b'X'))
 }

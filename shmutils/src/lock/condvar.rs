@@ -1,0 +1,246 @@
+//! [`Condvar`]: a process-shared condition variable on a futex sequence
+//! word.
+//!
+//! ```text
+//! seq       bumped by every notify; a waiter sleeps while it is unchanged
+//! sleepers  waiters inside (or about to enter) futex_wait; a notify
+//!           makes the futex_wake system call only when it is non-zero
+//! ```
+//!
+//! A waiter reads `seq` while holding the lock, unlocks, then spins on
+//! `seq` for a few microseconds (a hand-off between running processes is
+//! far cheaper than a futex sleep and wake) before it counts itself in
+//! `sleepers` and sleeps. Spurious wake-ups are possible (`notify_one` may
+//! release every spinning waiter), as with every condition variable; use
+//! [`Condvar::wait_while`]. Garbage in either word costs at most a spurious
+//! wake-up or a needless system call.
+
+use std::hint::spin_loop;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::typed::LockGuard;
+use super::LockResult;
+use crate::shared::{Fingerprint, Shared};
+use crate::sys;
+
+/// How long a waiter spins on the sequence word before it sleeps.
+const SPIN_FOR: Duration = Duration::from_micros(20);
+
+/// A process-shared condition variable, used with a [`Lock`](super::Lock).
+///
+/// ```
+/// use shmutils::{Condvar, Lock};
+/// let (ready, cv) = (Lock::new(false), Condvar::new());
+/// std::thread::scope(|s| {
+///     s.spawn(|| { *ready.lock().unwrap() = true; cv.notify_all(); });
+///     let g = cv.wait_while(ready.lock().unwrap(), |r| !*r).unwrap();
+///     assert!(*g);
+/// });
+/// ```
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct Condvar {
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+/// Whether a timed wait returned because its time ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitTimeoutResult(bool);
+
+impl WaitTimeoutResult {
+    /// True if the wait ended by timeout rather than a notification.
+    pub fn timed_out(&self) -> bool {
+        self.0
+    }
+}
+
+impl Condvar {
+    /// A condition variable nobody waits on (all zero bytes are one too).
+    pub const fn new() -> Condvar {
+        Condvar {
+            seq: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        }
+    }
+
+    /// Releases the guard's lock, waits for a notification (or a spurious
+    /// wake-up), and takes the lock again.
+    ///
+    /// The lock is released like a guard drop: if it was taken from a dead
+    /// owner and not marked consistent, it becomes not recoverable.
+    ///
+    /// # Errors
+    /// As [`Lock::lock`](super::Lock::lock) when taking the lock back:
+    /// [`LockError::OwnerDied`](super::LockError::OwnerDied) with the guard
+    /// if a holder died meanwhile, or
+    /// [`LockError::NotRecoverable`](super::LockError::NotRecoverable).
+    pub fn wait<'a, T>(&self, guard: LockGuard<'a, T>) -> LockResult<LockGuard<'a, T>> {
+        let lock = guard.lock;
+        // Relaxed: read under the lock; a notifier that changes the
+        // condition takes the lock after our unlock, so its bump comes later
+        // in `seq`'s modification order than the value we read.
+        let seq = self.seq.load(Ordering::Relaxed);
+        drop(guard);
+        self.block(seq, None);
+        lock.lock()
+    }
+
+    /// As [`wait`](Self::wait), for at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn wait_timeout<'a, T>(
+        &self,
+        guard: LockGuard<'a, T>,
+        timeout: Duration,
+    ) -> LockResult<(LockGuard<'a, T>, WaitTimeoutResult)> {
+        let lock = guard.lock;
+        let seq = self.seq.load(Ordering::Relaxed);
+        drop(guard);
+        let timed_out = self.block(seq, Instant::now().checked_add(timeout));
+        match lock.lock() {
+            Ok(g) => Ok((g, WaitTimeoutResult(timed_out))),
+            Err(e) => Err(e.map(|g| (g, WaitTimeoutResult(timed_out)))),
+        }
+    }
+
+    /// Waits while `condition` holds, re-checking it under the lock after
+    /// every wake-up. Returns with the lock held and `condition` false.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait); an `OwnerDied` guard comes back without the
+    /// condition re-checked.
+    pub fn wait_while<'a, T>(
+        &self,
+        mut guard: LockGuard<'a, T>,
+        mut condition: impl FnMut(&mut T) -> bool,
+    ) -> LockResult<LockGuard<'a, T>> {
+        while condition(&mut guard) {
+            guard = self.wait(guard)?;
+        }
+        Ok(guard)
+    }
+
+    /// As [`wait_while`](Self::wait_while), for at most `timeout` in all.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn wait_timeout_while<'a, T>(
+        &self,
+        mut guard: LockGuard<'a, T>,
+        timeout: Duration,
+        mut condition: impl FnMut(&mut T) -> bool,
+    ) -> LockResult<(LockGuard<'a, T>, WaitTimeoutResult)> {
+        let start = Instant::now();
+        while condition(&mut guard) {
+            let Some(left) = timeout.checked_sub(start.elapsed()) else {
+                return Ok((guard, WaitTimeoutResult(true)));
+            };
+            guard = self.wait_timeout(guard, left)?.0;
+        }
+        Ok((guard, WaitTimeoutResult(false)))
+    }
+
+    /// Wakes at least one waiter, if any (spinning waiters all notice).
+    pub fn notify_one(&self) {
+        self.notify(1);
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.notify(u32::MAX);
+    }
+
+    fn notify(&self, n: u32) {
+        // SeqCst (both): with the waiter's SeqCst `sleepers` increment and
+        // `seq` re-check in `block`, either we see its count and wake it, or
+        // it sees our bump and does not sleep.
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake(&self.seq, n);
+        }
+    }
+
+    /// Waits until `seq` moves on from `seen` (or a spurious wake-up, or
+    /// `deadline`); returns whether the deadline passed.
+    fn block(&self, seen: u32, deadline: Option<Instant>) -> bool {
+        let spin_until = Instant::now() + SPIN_FOR;
+        'spin: loop {
+            for _ in 0..64 {
+                if self.seq.load(Ordering::Relaxed) != seen {
+                    return false;
+                }
+                spin_loop();
+            }
+            if Instant::now() >= spin_until {
+                break 'spin;
+            }
+        }
+        let timeout = match deadline {
+            None => None,
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return true,
+            },
+        };
+        // SeqCst: see `notify`.
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut timed_out = false;
+        if self.seq.load(Ordering::SeqCst) == seen {
+            timed_out = sys::futex_wait(&self.seq, seen, timeout) == sys::FutexWait::TimedOut;
+        }
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        timed_out
+    }
+}
+
+// SAFETY: two AtomicU32, valid for every bit pattern (garbage costs a
+// spurious wake-up or a needless syscall), no addresses.
+unsafe impl Shared for Condvar {
+    const NAME: &'static str = "Condvar";
+    const FINGERPRINT: u64 = Fingerprint::new("Condvar")
+        .u64(1)
+        .u64(std::mem::size_of::<Condvar>() as u64)
+        .finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::Lock;
+
+    #[test]
+    fn timeout_without_notify() {
+        let (l, cv) = (Lock::new(()), Condvar::new());
+        let t0 = Instant::now();
+        let (_g, r) = cv
+            .wait_timeout(l.lock().unwrap(), Duration::from_millis(20))
+            .unwrap();
+        assert!(r.timed_out());
+        assert!(t0.elapsed() >= Duration::from_millis(20));
+        assert_eq!(cv.sleepers.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn notify_between_threads() {
+        let (l, cv) = (Lock::new(0u32), Condvar::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 1..=1000 {
+                    let g = cv.wait_while(l.lock().unwrap(), |v| *v % 2 == 1).unwrap();
+                    drop(g);
+                    *l.lock().unwrap() = 2 * i - 1;
+                    cv.notify_all();
+                }
+            });
+            for i in 1..=1000 {
+                let mut g = cv.wait_while(l.lock().unwrap(), |v| *v % 2 == 0).unwrap();
+                *g = 2 * i;
+                cv.notify_all();
+            }
+        });
+        assert_eq!(*l.lock().unwrap(), 2000);
+    }
+}

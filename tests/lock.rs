@@ -1,0 +1,295 @@
+//! Mutual exclusion, recursion, try_lock and timeouts across real
+//! processes: forked children and spawned children that open the segment
+//! by name.
+
+mod lock_support;
+
+use std::hint::black_box;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use lock_support::{await_flag, segment};
+use shmutils::{Lock, LockError, MappedMemory, RLock, RawLock};
+use shmutils_workspace::fork;
+
+const LOCK: usize = 64;
+const FLAG: usize = 0;
+
+/// Adds 1 to the counter `n` times, each a non-atomic read-modify-write
+/// under the lock.
+fn count(lock: &Lock<u64>, n: u64) {
+    for _ in 0..n {
+        let mut g = lock.lock().expect("lock");
+        let v = *g;
+        *g = black_box(v) + 1;
+    }
+}
+
+fn processes_count_exactly(procs: u64, per_proc: u64) {
+    let (_name, mut m) = segment("lock-procs");
+    let lock = m.init(LOCK, Lock::new(0u64)).unwrap();
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            fork(|| {
+                count(lock, per_proc);
+                0
+            })
+        })
+        .collect();
+    for c in children {
+        assert_eq!(c.wait(), 0);
+    }
+    assert_eq!(*lock.lock().unwrap(), procs * per_proc);
+}
+
+#[test]
+fn two_forked_processes_count_exactly() {
+    processes_count_exactly(2, 50_000);
+}
+
+#[test]
+fn four_forked_processes_count_exactly() {
+    processes_count_exactly(4, 25_000);
+}
+
+#[test]
+fn threads_in_several_processes_count_exactly() {
+    let (_name, mut m) = segment("lock-threads");
+    let lock = m.init(LOCK, Lock::new(0u64)).unwrap();
+    let threads = |n| {
+        std::thread::scope(|s| {
+            for _ in 0..n {
+                s.spawn(|| count(lock, 10_000));
+            }
+        })
+    };
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            fork(|| {
+                threads(3);
+                0
+            })
+        })
+        .collect();
+    threads(4);
+    for c in children {
+        assert_eq!(c.wait(), 0);
+    }
+    assert_eq!(*lock.lock().unwrap(), 10 * 10_000);
+}
+
+#[test]
+fn spawned_children_count_exactly() {
+    let (name, mut m) = segment("lock-spawn");
+    let lock = m.init(LOCK, Lock::new(0u64)).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_child-lock"))
+            .args(["count", &name, &LOCK.to_string(), "20000"])
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn(), spawn()];
+    count(lock, 20_000);
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a spawned child failed");
+    }
+    assert_eq!(*lock.lock().unwrap(), 60_000);
+}
+
+#[test]
+fn rlock_reenters_to_depth_100_and_excludes_another_process_until_the_last_unlock() {
+    let (_name, mut m) = segment("lock-rlock");
+    let flag = m.init(FLAG, AtomicU32::new(0)).unwrap() as *const AtomicU32;
+    let lock = m.init(LOCK, RLock::new(AtomicU32::new(0))).unwrap();
+    // SAFETY: the flag lives in the mapping, which outlives every use below
+    // (init took `&mut m` only to place it).
+    let flag = unsafe { &*flag };
+    let mut guards = Vec::new();
+    for depth in 1..=100 {
+        let g = lock.lock().unwrap();
+        g.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(lock.depth(), depth);
+        guards.push(g);
+    }
+    assert_eq!(guards[0].load(Ordering::Relaxed), 100);
+    // The child reports each try: 1 = would block at depth 1, 2 = got it.
+    let child = fork(|| {
+        if !matches!(lock.try_lock(), Err(LockError::WouldBlock)) {
+            return 1;
+        }
+        flag.store(1, Ordering::SeqCst);
+        match lock.lock() {
+            Ok(g) if g.load(Ordering::Relaxed) == 100 && flag.load(Ordering::SeqCst) == 2 => {
+                g.fetch_add(1, Ordering::Relaxed);
+                0
+            }
+            _ => 2,
+        }
+    });
+    await_flag(flag, 1);
+    while guards.len() > 1 {
+        drop(guards.pop());
+    }
+    // Held at depth 1: the child must still be blocked.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(lock.is_locked());
+    assert_eq!(lock.depth(), 1);
+    flag.store(2, Ordering::SeqCst);
+    drop(guards.pop());
+    assert_eq!(
+        child.wait(),
+        0,
+        "the child got the lock only after the last unlock"
+    );
+    assert_eq!(lock.lock().unwrap().load(Ordering::Relaxed), 101);
+}
+
+/// Forks a child that takes the lock, raises the flag, and holds it until
+/// the flag reaches 2; then it unlocks and exits.
+fn holder(lock: &Lock<u64>, flag: &AtomicU32) -> shmutils_workspace::Child {
+    let child = fork(|| {
+        let g = lock.lock().unwrap();
+        flag.store(1, Ordering::SeqCst);
+        while flag.load(Ordering::SeqCst) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(g);
+        0
+    });
+    await_flag(flag, 1);
+    child
+}
+
+fn lock_and_flag(m: &mut MappedMemory) -> (&Lock<u64>, &AtomicU32) {
+    let flag = m.init(FLAG, AtomicU32::new(0)).unwrap() as *const AtomicU32;
+    let lock = m.init(LOCK, Lock::new(0u64)).unwrap();
+    // SAFETY: the flag lives in the mapping, borrowed for as long as `lock`.
+    (lock, unsafe { &*flag })
+}
+
+#[test]
+fn try_lock_on_a_lock_held_by_another_process_would_block() {
+    let (_name, mut m) = segment("lock-try");
+    let (lock, flag) = lock_and_flag(&mut m);
+    let child = holder(lock, flag);
+    for _ in 0..3 {
+        assert!(matches!(lock.try_lock(), Err(LockError::WouldBlock)));
+    }
+    flag.store(2, Ordering::SeqCst);
+    assert_eq!(child.wait(), 0);
+    let g = lock.try_lock().expect("free after the holder unlocked");
+    assert!(!g.is_inconsistent());
+}
+
+#[test]
+fn lock_timeout_returns_after_about_the_time_asked() {
+    let (_name, mut m) = segment("lock-timeout");
+    let (lock, flag) = lock_and_flag(&mut m);
+    let child = holder(lock, flag);
+    for asked in [Duration::from_millis(1), Duration::from_millis(120)] {
+        let t0 = Instant::now();
+        let r = lock.lock_timeout(asked);
+        let took = t0.elapsed();
+        assert!(matches!(r, Err(LockError::TimedOut)), "{:?}", r.map(drop));
+        assert!(took >= asked, "returned after {took:?}, asked {asked:?}");
+        assert!(
+            took < asked + Duration::from_secs(1),
+            "returned after {took:?}, asked {asked:?}"
+        );
+    }
+    flag.store(2, Ordering::SeqCst);
+    assert_eq!(child.wait(), 0);
+    drop(
+        lock.lock_timeout(Duration::from_millis(10))
+            .expect("free now"),
+    );
+}
+
+#[test]
+fn relocking_in_the_holding_thread_is_refused_not_a_hang() {
+    let (_name, mut m) = segment("lock-self");
+    let lock = m.init(LOCK, Lock::new(0u64)).unwrap();
+    let g = lock.lock().unwrap();
+    assert!(matches!(lock.lock(), Err(LockError::WouldDeadlock)));
+    assert!(matches!(lock.try_lock(), Err(LockError::WouldDeadlock)));
+    drop(g);
+    drop(lock.lock().unwrap());
+}
+
+#[test]
+fn a_forked_child_does_not_inherit_its_parents_lock() {
+    let (_name, mut m) = segment("lock-inherit");
+    let (lock, flag) = lock_and_flag(&mut m);
+    let g = lock.lock().unwrap();
+    let child = fork(|| {
+        // The parent's thread holds it: the child waits, it does not re-enter.
+        if !matches!(lock.try_lock(), Err(LockError::WouldBlock)) {
+            return 1;
+        }
+        flag.store(1, Ordering::SeqCst);
+        match lock.lock() {
+            Ok(mut g) => {
+                *g += 1;
+                0
+            }
+            Err(_) => 2,
+        }
+    });
+    await_flag(flag, 1);
+    drop(g);
+    assert_eq!(child.wait(), 0);
+    assert_eq!(*lock.lock().unwrap(), 1);
+}
+
+/// Garbage in a lock word never hangs or panics: either the lock works, or
+/// a typed error comes back.
+#[test]
+fn garbage_in_the_lock_word_gives_a_typed_outcome() {
+    let (_name, m) = segment("lock-garbage");
+    let main_thread = std::process::id(); // alive, and not this test's thread
+    let cases: [u32; 8] = [
+        1,                         // tid 1: init, alive -> times out
+        0x8000_0000,               // WAITERS with no owner
+        0x4000_0000,               // INCONSISTENT with no owner
+        0x3fff_ffff,               // NOT_RECOVERABLE
+        0xffff_ffff,               // everything
+        0x0100_0000,               // a tid above PID_MAX_LIMIT
+        0x4000_0000 | main_thread, // inconsistent, live owner -> times out
+        0x8000_0000 | 99999,       // WAITERS + a tid that is usually free
+    ];
+    for (i, &w) in cases.iter().enumerate() {
+        let off = 256 + 64 * i;
+        m.write(off, &w.to_ne_bytes()).unwrap();
+        let raw = RawLock::from_mapping(&m, off).unwrap();
+        let t0 = Instant::now();
+        let r = raw.lock_timeout(Duration::from_millis(30));
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{w:#x} took too long"
+        );
+        match r {
+            Ok(()) | Err(LockError::OwnerDied(())) => {
+                // We hold it: it must work as a lock from here on.
+                // SAFETY: this thread holds the lock.
+                unsafe {
+                    raw.mark_consistent();
+                    raw.unlock();
+                }
+                raw.try_lock().expect("usable after repair");
+                // SAFETY: as above.
+                unsafe { raw.unlock() };
+            }
+            Err(LockError::NotRecoverable) => assert_eq!(w & 0x7fff_ffff, 0x3fff_ffff),
+            Err(LockError::TimedOut) => {
+                assert!(t0.elapsed() >= Duration::from_millis(30));
+                let tid = w & 0x3fff_ffff;
+                assert!(
+                    std::path::Path::new(&format!("/proc/{tid}")).exists(),
+                    "{w:#x}: only a live owner may time out"
+                );
+            }
+            Err(e) => panic!("{w:#x}: unexpected {e:?}"),
+        }
+    }
+}
