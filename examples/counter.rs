@@ -1,42 +1,35 @@
 //! The seed's headline example: two workers count a shared counter to
 //! 20,000 under a process-shared lock.
 //!
-//! The parent creates a named segment and places a `Lock<u64>` in it. It
-//! holds the lock while it starts two workers, so both begin contending at
-//! once, then lets go. Each worker increments the counter under the lock
+//! The parent creates a named segment and allocates a `Lock<u64>` in its
+//! heap as the named object "counter" (and "counts", one slot per worker).
+//! It holds the lock while it starts two workers, so both begin contending
+//! at once, then lets go. Each worker increments the counter under the lock
 //! until it reaches 20,000 and records how many increments it made. The
 //! parent prints both counts and checks that they sum to 20,000 and that
 //! the counter is 20,000.
 //!
 //! This runs twice: with forked workers, then with spawned workers (this
-//! program re-executed, a fresh process that opens the segment by name).
-//! The name is unlinked at the end, also on error. Exits non-zero on any
-//! mismatch.
+//! program re-executed, a fresh process that opens the segment by name and
+//! finds the counter by its name). The segment's name is unlinked at the
+//! end, also on error. Exits non-zero on any mismatch.
 //!
 //! Run with `cargo run --example counter`.
 
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shmutils::{shm_unlink, Lock, MapFlags, MapProtections, MappedMemory, Mode, ShmFd};
+use shmutils::{Lock, Segment, SharedHeap};
 
-const SIZE: usize = 4096 * 100;
 const LIMIT: u64 = 20_000;
-/// The `Lock<u64>` counter.
-const COUNTER: usize = 0;
-/// One `AtomicU64` per worker: how many increments it made.
-const COUNTS: usize = 64;
 
 type Error = Box<dyn std::error::Error>;
 
-fn map(fd: &ShmFd) -> shmutils::Result<MappedMemory> {
-    MappedMemory::new(
-        None,
-        SIZE,
-        MapProtections::READ_WRITE,
-        MapFlags::SHARED,
-        Some(fd),
-    )
+/// The two named objects the workers share.
+fn objects<'s>(heap: &SharedHeap<'s>) -> shmutils::Result<(&'s Lock<u64>, &'s [AtomicU64; 2])> {
+    let counter = heap.find::<Lock<u64>>("counter")?;
+    let counts = heap.find::<[AtomicU64; 2]>("counts")?;
+    Ok((heap.get(counter)?, heap.get(counts)?))
 }
 
 /// Increments the counter under the lock until it reaches `limit`;
@@ -54,29 +47,25 @@ fn increment_to(lock: &Lock<u64>, limit: u64) -> shmutils::Result<u64> {
 }
 
 /// A worker: counts, then stores its count in slot `slot`.
-fn worker(m: &MappedMemory, slot: usize) -> shmutils::Result<()> {
-    let made = increment_to(m.get::<Lock<u64>>(COUNTER)?, LIMIT)?;
-    m.get::<AtomicU64>(COUNTS + 8 * slot)?
-        .store(made, Ordering::SeqCst);
+fn worker(heap: &SharedHeap<'_>, slot: usize) -> shmutils::Result<()> {
+    let (counter, counts) = objects(heap)?;
+    let made = increment_to(counter, LIMIT)?;
+    counts[slot % 2].store(made, Ordering::SeqCst);
     Ok(())
 }
 
 /// The spawned worker: `counter worker NAME SLOT`.
 fn spawned_worker(name: &str, slot: &str) -> Result<(), Error> {
-    let fd = ShmFd::open(name, Mode::ReadWrite)?;
-    worker(&map(&fd)?, slot.parse()?)?;
+    let seg = Segment::open(name)?;
+    worker(&seg.heap(), slot.parse()?)?;
     Ok(())
 }
 
 /// Starts one worker in slot `slot`, forked or spawned; returns a function
 /// that waits for it and says whether it succeeded.
-fn start(
-    how: &str,
-    m: &MappedMemory,
-    name: &str,
-    slot: usize,
-) -> Result<Box<dyn FnOnce() -> bool>, Error> {
+fn start(how: &str, seg: &Segment, slot: usize) -> Result<Box<dyn FnOnce() -> bool>, Error> {
     if how == "spawned" {
+        let name = seg.name().ok_or("the segment has no name")?;
         let mut child = Command::new(std::env::current_exe()?)
             .args(["worker", name, &slot.to_string()])
             .spawn()?;
@@ -92,7 +81,7 @@ fn start(
         return Err(std::io::Error::last_os_error().into());
     }
     if pid == 0 {
-        let code = match worker(m, slot) {
+        let code = match worker(&seg.heap(), slot) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("forked worker: {e}");
@@ -111,40 +100,34 @@ fn start(
 }
 
 /// One round: two workers started while the parent holds the lock.
-fn round(how: &str, m: &MappedMemory, name: &str) -> Result<(), Error> {
-    let lock = m.get::<Lock<u64>>(COUNTER)?;
+fn round(how: &str, seg: &Segment) -> Result<(), Error> {
+    let (lock, counts) = objects(&seg.heap())?;
     let mut waits = Vec::new();
     {
         // `?` on a lock error into a `Box<dyn Error>`: drop the guard first
         // (shmutils::Error holds the error without it).
         let mut count = lock.lock().map_err(shmutils::Error::from)?;
         *count = 0;
-        for slot in 0..2 {
-            m.get::<AtomicU64>(COUNTS + 8 * slot)?
-                .store(0, Ordering::SeqCst);
-            waits.push(start(how, m, name, slot)?);
+        for (slot, c) in counts.iter().enumerate() {
+            c.store(0, Ordering::SeqCst);
+            waits.push(start(how, seg, slot)?);
         }
         println!("{how}: parent holds the lock while two workers start");
     } // the workers go
-    let results: Vec<bool> = waits.into_iter().map(|wait| wait()).collect();
-    let ok = results.iter().all(|&ok| ok);
+    let ok = waits
+        .into_iter()
+        .map(|wait| wait())
+        .fold(true, |a, b| a & b);
     if !ok {
         return Err(format!("a {how} worker failed").into());
     }
-    let counts: Vec<u64> = (0..2)
-        .map(|slot| {
-            m.get::<AtomicU64>(COUNTS + 8 * slot)
-                .map(|c| c.load(Ordering::SeqCst))
-        })
-        .collect::<shmutils::Result<_>>()?;
+    let [a, b] = [0, 1].map(|i| counts[i].load(Ordering::SeqCst));
     let total = *lock.lock().map_err(shmutils::Error::from)?;
     println!(
-        "{how}: worker counts {} + {} = {}, counter = {total}",
-        counts[0],
-        counts[1],
-        counts[0] + counts[1]
+        "{how}: worker counts {a} + {b} = {}, counter = {total}",
+        a + b
     );
-    if counts[0] + counts[1] != LIMIT || total != LIMIT {
+    if a + b != LIMIT || total != LIMIT {
         return Err(format!("{how}: expected both to be {LIMIT}").into());
     }
     Ok(())
@@ -152,22 +135,13 @@ fn round(how: &str, m: &MappedMemory, name: &str) -> Result<(), Error> {
 
 fn parent() -> Result<(), Error> {
     let name = format!("/shmutils-example-counter-{}", std::process::id());
-    /// Unlinks the name when dropped: on success, error or panic.
-    struct Unlink<'a>(&'a str);
-    impl Drop for Unlink<'_> {
-        fn drop(&mut self) {
-            if let Err(e) = shm_unlink(self.0) {
-                eprintln!("could not unlink {}: {e}", self.0);
-            }
-        }
-    }
-    let fd = ShmFd::open(&name, Mode::CreateExclusive)?;
-    let _unlink = Unlink(&name);
-    fd.truncate(SIZE as u64)?;
-    let mut m = map(&fd)?;
-    m.init(COUNTER, Lock::new(0u64))?;
-    round("forked", &m, &name)?;
-    round("spawned", &m, &name)?;
+    let mut seg = Segment::create(&name, 1 << 20)?;
+    seg.unlink_on_drop(true)?; // the name goes away however we leave
+    let heap = seg.heap();
+    heap.find_or_init("counter", || Lock::new(0u64))?;
+    heap.find_or_init("counts", || [AtomicU64::new(0), AtomicU64::new(0)])?;
+    round("forked", &seg)?;
+    round("spawned", &seg)?;
     println!("ok");
     Ok(())
 }

@@ -506,3 +506,93 @@ fn fingerprints_differ_when_a_field_is_renamed_reordered_or_retyped() {
     }
     assert_eq!(Point::FINGERPRINT, v1);
 }
+
+/// A derived struct holding the library's own shared types: a lock, a
+/// relative slice, a relative pointer to another derived struct, atomics
+/// and checked values.
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Account {
+    balance: shmutils::Lock<u64>,
+    history: shmutils::RelSlice<u64>,
+    owner: shmutils::RelPtr<User>,
+    hits: [AtomicU32; 4],
+    frozen: Checked<bool>,
+}
+
+/// The list node of DESIGN.md with the real `RelPtr`.
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Chain<T: Shared> {
+    value: T,
+    next: shmutils::RelPtr<Chain<T>>,
+}
+
+#[test]
+fn structs_holding_locks_and_relative_pointers_live_in_a_heap() {
+    use shmutils::{Lock, RelPtr, Segment};
+
+    // Layout: the fingerprint sees the field types, so a different lock
+    // payload or pointer target is a different type.
+    assert_ne!(
+        shmutils::RelPtr::<User>::FINGERPRINT,
+        shmutils::RelPtr::<Account>::FINGERPRINT
+    );
+    assert_ne!(Chain::<u64>::FINGERPRINT, Chain::<u32>::FINGERPRINT);
+    assert_eq!(Chain::<u64>::sizeof(), 16);
+    let link = Chain::<u64> {
+        value: 3,
+        next: RelPtr::from_offset(4096),
+    };
+    assert_eq!(
+        &link.as_bytes()[8..],
+        &4096u64.to_ne_bytes(),
+        "RelPtr is plain bytes"
+    );
+
+    let name = ShmName::new("derive-heap");
+    let seg = Segment::create(&name, 1 << 20).unwrap();
+    let heap = seg.heap();
+    let owner = User::with_heap(&heap)
+        .new(User {
+            id: 7,
+            status: Status::Active.into(),
+            verified: true.into(),
+            _pad: [0; 6],
+        })
+        .unwrap();
+    let zeroed = User::with_heap(&heap).new_zeroed().unwrap();
+    assert_eq!(heap.get(zeroed).unwrap().id, 0);
+    let acct = Account::with_heap(&heap)
+        .new(Account {
+            balance: Lock::new(100),
+            history: heap.new_slice(&[100u64, 50, -50i64 as u64]).unwrap(),
+            owner,
+            hits: Default::default(),
+            frozen: false.into(),
+        })
+        .unwrap();
+    let a = heap.get(acct).unwrap();
+    assert_eq!(a.ptr_in(&heap).unwrap(), acct);
+    assert_eq!(heap.get(a.owner).unwrap().id, 7);
+    assert_eq!(
+        heap.get_slice(a.history).unwrap(),
+        &[100, 50, -50i64 as u64]
+    );
+
+    // A forked child updates the account under its lock.
+    let child = fork(|| {
+        let a = heap.get(acct).unwrap();
+        *a.balance.lock().unwrap() += 23;
+        a.hits[2].fetch_add(1, Ordering::SeqCst);
+        0
+    });
+    assert_eq!(child.wait(), 0);
+    assert_eq!(*a.balance.lock().unwrap(), 123);
+    assert_eq!(a.hits[2].load(Ordering::SeqCst), 1);
+    assert!(!a.frozen.get().unwrap());
+    assert_eq!(
+        heap.get(owner).unwrap().status.get().unwrap(),
+        Status::Active
+    );
+}

@@ -255,6 +255,14 @@ fn inherent_impl(v: &Valid) -> TokenStream {
         "The bytes of this `{name}`. Compiles only where `{name}` has no padding and no \
          interior mutability (atomics, locks): see `shmutils::shared::Plain`."
     );
+    let with_heap_doc = format!(
+        "Constructors of `{name}` in a shared heap: `{name}::with_heap(&heap).new(value)`, \
+         `.new_zeroed()`, `.new_default()`."
+    );
+    let ptr_in_doc = format!(
+        "The relative pointer of this `{name}`, which must lie in `heap` (the reverse of \
+         `heap.get(ptr)`).\n\n# Errors\nIf it does not lie in the heap's arena, or is misaligned."
+    );
     quote! {
         impl #impl_g #name #ty_g #where_c {
             #[doc = #sizeof_doc]
@@ -270,6 +278,23 @@ fn inherent_impl(v: &Valid) -> TokenStream {
                 #bound,
             {
                 #body
+            }
+
+            #[doc = #with_heap_doc]
+            #[inline]
+            pub fn with_heap<'__shm>(
+                heap: &::shmutils::SharedHeap<'__shm>,
+            ) -> ::shmutils::heap::WithHeap<'__shm, Self> {
+                ::shmutils::heap::WithHeap::for_heap(*heap)
+            }
+
+            #[doc = #ptr_in_doc]
+            #[inline]
+            pub fn ptr_in(
+                &self,
+                heap: &::shmutils::SharedHeap<'_>,
+            ) -> ::shmutils::Result<::shmutils::RelPtr<Self>> {
+                heap.ptr_of(self)
             }
         }
     }

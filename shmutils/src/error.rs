@@ -200,6 +200,40 @@ pub enum Error {
         /// How many named objects a heap holds.
         capacity: usize,
     },
+    /// A handle's text or byte form could not be parsed.
+    InvalidHandle {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A handle names another segment than the one asked to resolve it: a
+    /// different name, or the same name recreated (a new random id).
+    WrongSegment {
+        /// The segment the handle names.
+        handle_segment: String,
+        /// The handle's segment id.
+        handle_id: u64,
+        /// The segment asked to resolve it.
+        segment: String,
+        /// That segment's id.
+        segment_id: u64,
+    },
+    /// A handle was made for another type than the one it is resolved as
+    /// (their layout fingerprints differ).
+    HandleTypeMismatch {
+        /// The type asked for.
+        expected: &'static str,
+        /// Its fingerprint.
+        expected_fingerprint: u64,
+        /// The fingerprint the handle carries.
+        found_fingerprint: u64,
+    },
+    /// A handle's object is no longer allocated (it was freed).
+    FreedObject {
+        /// The object's offset in the segment.
+        offset: u64,
+        /// What was found there instead.
+        reason: String,
+    },
     /// A lock could not be taken cleanly; converted from a
     /// [`LockError`](crate::lock::LockError) by `?`, which drops any guard
     /// (an `OwnerDied` guard dropped unrepaired makes the lock not
@@ -317,6 +351,23 @@ impl fmt::Display for Error {
                 f,
                 "the named-object directory is full: it holds at most {capacity} names"
             ),
+            Error::InvalidHandle { reason } => write!(f, "invalid handle: {reason}"),
+            Error::WrongSegment { handle_segment, handle_id, segment, segment_id } => write!(
+                f,
+                "the handle is for segment {handle_segment:?} with id {handle_id:#018x}, \
+                 not segment {segment:?} with id {segment_id:#018x}"
+            ),
+            Error::HandleTypeMismatch { expected, expected_fingerprint, found_fingerprint } => {
+                write!(
+                    f,
+                    "the handle was made for another type: expected `{expected}` \
+                     (fingerprint {expected_fingerprint:#018x}), found fingerprint \
+                     {found_fingerprint:#018x}"
+                )
+            }
+            Error::FreedObject { offset, reason } => {
+                write!(f, "the handle's object at {offset:#x} was freed: {reason}")
+            }
             Error::Lock(e) => write!(f, "lock: {e}"),
         }
     }

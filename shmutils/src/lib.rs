@@ -22,6 +22,7 @@
 mod sys;
 
 pub mod error;
+pub mod handle;
 pub mod lock;
 pub mod mmap;
 pub mod shared;
@@ -32,6 +33,7 @@ pub mod ptr;
 pub mod segment;
 
 pub use error::{Error, Result};
+pub use handle::Handle;
 pub use lock::{
     Condvar, Lock, LockError, LockGuard, LockResult, RLock, RLockGuard, RawLock, RawRLock,
     WaitTimeoutResult,

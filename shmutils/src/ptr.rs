@@ -220,6 +220,13 @@ unsafe impl<T: Shared> Shared for RelSlice<T> {
         .finish();
 }
 
+// SAFETY: one u64 (no padding) with no interior mutability, whatever T is;
+// only T: Shared is required, so a RelPtr to an atomic is still plain bytes.
+unsafe impl<T: Shared> crate::shared::Plain for RelPtr<T> {}
+
+// SAFETY: two u64 (no padding) with no interior mutability.
+unsafe impl<T: Shared> crate::shared::Plain for RelSlice<T> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

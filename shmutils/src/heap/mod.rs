@@ -74,6 +74,7 @@ pub(crate) mod class;
 pub(crate) mod directory;
 pub(crate) mod layout;
 pub(crate) mod stack;
+mod typed;
 
 use std::alloc::Layout;
 use std::cell::Cell;
@@ -91,6 +92,7 @@ use crate::sys;
 pub use cache::{HeapCache, CACHE_BLOCKS};
 pub use check::{CheckReport, ClassStats, HeapStats};
 pub use directory::{DIR_CAPACITY, MAX_NAME_LEN, MAX_TYPE_NAME_LEN};
+pub use typed::WithHeap;
 
 use class::NCLASSES;
 use class::{
@@ -717,7 +719,7 @@ impl<'s> SharedHeap<'s> {
     /// Checks that `off..off + size` lies in the arena and `off` is aligned
     /// to `align`; returns the address.
     #[inline]
-    fn resolve(&self, off: u64, size: u64, align: usize) -> Result<*mut u8> {
+    fn resolve_range(&self, off: u64, size: u64, align: usize) -> Result<*mut u8> {
         let rel = off.wrapping_sub(self.geo.arena_start);
         let arena = self.geo.arena_bytes();
         if rel > arena || size > arena - rel {
@@ -768,7 +770,7 @@ impl<'s> SharedHeap<'s> {
     /// [`Error::OutOfBounds`], [`Error::Misaligned`].
     #[inline]
     pub fn get<T: Shared>(&self, ptr: RelPtr<T>) -> Result<&'s T> {
-        let p = self.resolve(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?;
+        let p = self.resolve_range(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?;
         // SAFETY: in bounds of the live mapping and aligned for T; every bit
         // pattern is a valid T (Shared) and mutation through &T is atomic
         // or locked, so sharing it with other processes is sound.
@@ -819,7 +821,7 @@ impl<'s> SharedHeap<'s> {
         let bytes = (s.len() as u64)
             .checked_mul(size_of::<T>() as u64)
             .ok_or_else(|| self.bad_range(s.offset().max(1), u64::MAX))?;
-        let p = self.resolve(s.offset(), bytes, align_of::<T>())?;
+        let p = self.resolve_range(s.offset(), bytes, align_of::<T>())?;
         // SAFETY: all `len` elements lie in the live mapping, aligned; every
         // bit pattern is a valid T (Shared).
         Ok(unsafe { std::slice::from_raw_parts(p.cast::<T>(), s.len()) })
@@ -833,7 +835,7 @@ impl<'s> SharedHeap<'s> {
     /// the arena.
     pub fn ptr_of<T: Shared>(&self, r: &T) -> Result<RelPtr<T>> {
         let off = (r as *const T as usize).wrapping_sub(self.base.as_ptr() as usize) as u64;
-        self.resolve(off, size_of::<T>() as u64, align_of::<T>())?;
+        self.resolve_range(off, size_of::<T>() as u64, align_of::<T>())?;
         Ok(RelPtr::from_offset(off))
     }
 
@@ -846,19 +848,17 @@ impl<'s> SharedHeap<'s> {
     /// As [`get`](Self::get).
     pub fn as_ptr<T: Shared>(&self, ptr: RelPtr<T>) -> Result<*mut T> {
         Ok(self
-            .resolve(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?
+            .resolve_range(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?
             .cast())
     }
 
     /// The name of the segment the heap lives in (`None` if anonymous or
     /// not in a segment).
-    #[allow(dead_code)] // for handles (issue 5)
     pub(crate) fn segment_name(&self) -> Option<&'s str> {
         self.name
     }
 
     /// The random id of the segment the heap lives in.
-    #[allow(dead_code)] // for handles (issue 5)
     pub(crate) fn segment_id(&self) -> Option<u64> {
         self.id
     }

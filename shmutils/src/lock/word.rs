@@ -434,7 +434,19 @@ mod tests {
         let dead = std::thread::spawn(sys::gettid).join().unwrap();
         let w = word(dead);
         let me = current_tid();
-        assert_eq!(w.lock(me, Deadline::Now), Err(LockError::OwnerDied(())));
+        // `join` returns when the thread has cleared its tid word, a moment
+        // before the kernel releases the tid; until then the owner still
+        // exists and try_lock rightly says WouldBlock.
+        let started = Instant::now();
+        let r = loop {
+            match w.lock(me, Deadline::Now) {
+                Err(LockError::WouldBlock) if started.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                r => break r,
+            }
+        };
+        assert_eq!(r, Err(LockError::OwnerDied(())));
         assert!(w.is_inconsistent());
         // Unlocking without repair is final.
         w.unlock();
