@@ -305,6 +305,31 @@ fn a_garbled_free_list_costs_blocks_never_double_ownership() {
 }
 
 #[test]
+fn a_bump_counter_set_back_never_recarves_spans_in_use() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let small = layout(40, 8);
+    let big = layout(3 * 4096, 8);
+    let mut got: Vec<(u64, u64)> = Vec::new();
+    for l in [small, big, small, big] {
+        let p = heap.alloc(l).unwrap();
+        got.push((p.offset(), class_bytes(&heap, p)));
+    }
+    // A peer writes the bump counter back to 0: the carved pages must not
+    // be carved again (they hold blocks in use).
+    heap.header().bump.store(0, Ordering::Relaxed);
+    for l in [big, big, small, big] {
+        let p = heap.alloc(l).unwrap();
+        let (start, end) = (p.offset(), p.offset() + class_bytes(&heap, p));
+        for &(s, size) in &got {
+            assert!(end <= s || s + size <= start, "{start:#x} overlaps {s:#x}");
+        }
+        got.push((start, end - start));
+    }
+    assert!(heap.header().corrupt_events.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
 fn a_block_lost_mid_operation_is_reported_as_leaked_not_corrupt() {
     let region = TestRegion::new(1 << 20);
     let heap = region.heap();
