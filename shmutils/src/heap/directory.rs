@@ -494,9 +494,12 @@ impl<'s> SharedHeap<'s> {
                     name: name.to_owned(),
                 });
             };
+            // The same state too: an entry that matches only by name and
+            // offset (a peer's copy) would fail the CAS below forever.
             let Some(i) = (0..DIR_CAPACITY).find(|&i| {
-                self.read_ready(i)
-                    .is_some_and(|s| s.name == snap.name && s.offset == snap.offset)
+                self.read_ready(i).is_some_and(|s| {
+                    s.state == snap.state && s.name == snap.name && s.offset == snap.offset
+                })
             }) else {
                 continue;
             };
@@ -701,6 +704,36 @@ mod tests {
         let p = heap.find_or_init("orphan", || 11u16).unwrap();
         assert_eq!(*heap.get(p).unwrap(), 11);
         assert_eq!(heap.directory_census(), (1, vec![]));
+    }
+
+    #[test]
+    fn remove_ends_when_a_copied_entry_differs_only_in_its_state() {
+        // Leaked, so that a remove() that never returns can be abandoned.
+        let region: &'static TestRegion = Box::leak(Box::new(TestRegion::new(1 << 20)));
+        let heap = region.heap();
+        let p = heap.find_or_init("twin", || 3u64).unwrap();
+        // A peer's stray copy: entry 1 becomes entry 0, then entry 0's state
+        // is changed to READY with another name hash. Entry 0 now matches
+        // the name and offset but not the state scan() found in entry 1.
+        let (a, b) = (heap.entry(0), heap.entry(1));
+        fn words(e: &DirEntry) -> Vec<&AtomicU64> {
+            let mut w = vec![&e.state, &e.generation, &e.offset, &e.fingerprint];
+            w.extend([&e.size, &e.align, &e.lens]);
+            w.extend(e.name.iter().chain(&e.type_name));
+            w
+        }
+        for (from, to) in words(a).into_iter().zip(words(b)) {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let other = state(READY, name_hash("twin") ^ 1, 0);
+        a.state.store(other, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(heap.remove("twin")));
+        let removed = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("remove() did not return: it loops on the copied entry");
+        assert!(removed.is_ok(), "{removed:?}");
+        assert!(heap.get_checked(p).is_err(), "the block was freed");
     }
 
     #[test]
