@@ -427,6 +427,17 @@ impl<'s> SharedHeap<'s> {
         if dist > page || dist >= pages || page - dist + pages > self.geo.arena_pages {
             return Err("its page map entry is corrupt");
         }
+        // The span's first and last entries must agree: one entry a peer
+        // rewrote cannot then describe a span overlapping another one's
+        // blocks (which could give a block two owners).
+        let first = page - dist;
+        let class_bits = (cls as u32) << 24;
+        if (dist != 0 && self.page_entry(first) != class_bits)
+            || (dist != pages - 1
+                && self.page_entry(first + pages - 1) != class_bits | (pages - 1) as u32)
+        {
+            return Err("its span's page map entries disagree");
+        }
         let span = (page - dist) * PAGE;
         let i = block_index(c, rel - span);
         if i >= blocks_per_span(c) {

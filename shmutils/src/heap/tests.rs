@@ -330,6 +330,40 @@ fn a_bump_counter_set_back_never_recarves_spans_in_use() {
 }
 
 #[test]
+fn a_page_map_entry_posing_as_a_span_start_cannot_overlap_blocks() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    // 86 blocks of 48 bytes from one fresh slab: block 85 spans the first
+    // page boundary (4080..4128 from the slab's start).
+    let l = layout(48, 8);
+    let mut blocks: Vec<u64> = (0..86).map(|_| heap.alloc(l).unwrap().offset()).collect();
+    let span = blocks[0];
+    assert!(blocks.contains(&(span + 4080)));
+    // Block 1's allocation bit is the one block 0 of a span starting at
+    // the next page would use: free it, so that bit is clear.
+    assert_eq!(blocks.remove(1), span + 48);
+    heap.free(RelPtr::from_offset(span + 48), l).unwrap();
+    // A peer makes the slab's second page look like the first page of a
+    // span of 64-byte blocks, and a garbage link leads to its first block.
+    let page = (span - heap.geo.arena_start) / PAGE;
+    let c64 = class_of(layout(64, 8)).unwrap();
+    let word = heap.page_word(page + 1).unwrap();
+    word.store((c64 as u32 + 1) << 24, Ordering::Relaxed);
+    heap.push(heap.head(current_shard(), c64), span + 4096);
+    // Whatever alloc hands out must not overlap the 48-byte blocks.
+    for _ in 0..4 {
+        if let Ok(p) = heap.alloc(layout(64, 8)) {
+            let (s, e) = (p.offset(), p.offset() + 64);
+            for &b in &blocks {
+                assert!(e <= b || b + 48 <= s, "{s:#x}..{e:#x} overlaps {b:#x}");
+            }
+        }
+    }
+    assert!(heap.locate(span + 4096).is_err());
+    assert!(!heap.check().is_consistent());
+}
+
+#[test]
 fn a_block_lost_mid_operation_is_reported_as_leaked_not_corrupt() {
     let region = TestRegion::new(1 << 20);
     let heap = region.heap();
