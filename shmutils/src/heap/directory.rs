@@ -40,7 +40,7 @@
 use std::alloc::Layout;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::SharedHeap;
 use crate::error::{Error, Result};
@@ -54,6 +54,17 @@ pub const DIR_CAPACITY: usize = 128;
 pub const MAX_NAME_LEN: usize = 64;
 /// Type names are recorded (for error messages) up to this many bytes.
 pub const MAX_TYPE_NAME_LEN: usize = 32;
+
+/// How long `find_or_init` waits for another thread's initializer of the
+/// same name before it gives up with [`Error::Timeout`]. The entry's state
+/// word is peer-writable: an `INIT` naming a live thread that is not
+/// initializing anything (a scribbled or reused thread id) must not stall
+/// callers forever.
+const INIT_WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(10)
+};
 
 const KIND_SHIFT: u32 = 62;
 const INIT: u64 = 1;
@@ -349,8 +360,10 @@ impl<'s> SharedHeap<'s> {
     /// fingerprint, size and alignment); [`Error::DirectoryFull`];
     /// [`Error::InvalidArgument`] for a name of 0 or more than
     /// [`MAX_NAME_LEN`] bytes, or reentrant use; errors of
-    /// [`new`](Self::new). If `init` panics, the entry is released and the
-    /// panic continues.
+    /// [`new`](Self::new); [`Error::Timeout`] if another live thread's
+    /// initialization of `name` does not finish within 10 seconds (or the
+    /// entry claims one that is not happening). If `init` panics, the entry
+    /// is released and the panic continues.
     pub fn find_or_init<T: Shared>(
         &self,
         name: &str,
@@ -361,6 +374,8 @@ impl<'s> SharedHeap<'s> {
         let me = sys::gettid();
         let mut backoff = Backoff::new();
         let mut init = Some(init);
+        // The initializer waited for: (entry, state, since when).
+        let mut waiting: Option<(usize, u64, Instant)> = None;
         loop {
             let i = match self.scan(name, hash) {
                 Scan::Ready(snap) => return self.typed::<T>(name, &snap),
@@ -382,6 +397,17 @@ impl<'s> SharedHeap<'s> {
                             Ordering::Relaxed,
                         );
                     } else {
+                        let since = match waiting {
+                            Some((i, s, t)) if (i, s) == (index, state) => t,
+                            _ => waiting.insert((index, state, Instant::now())).2,
+                        };
+                        if since.elapsed() >= INIT_WAIT {
+                            return Err(Error::Timeout {
+                                what: format!(
+                                    "named object {name:?}: directory entry {index} has been initializing (by thread {tid}) for {INIT_WAIT:?}"
+                                ),
+                            });
+                        }
                         backoff.sleep();
                     }
                     continue;
@@ -494,9 +520,12 @@ impl<'s> SharedHeap<'s> {
                     name: name.to_owned(),
                 });
             };
+            // The same state too: an entry that matches only by name and
+            // offset (a peer's copy) would fail the CAS below forever.
             let Some(i) = (0..DIR_CAPACITY).find(|&i| {
-                self.read_ready(i)
-                    .is_some_and(|s| s.name == snap.name && s.offset == snap.offset)
+                self.read_ready(i).is_some_and(|s| {
+                    s.state == snap.state && s.name == snap.name && s.offset == snap.offset
+                })
             }) else {
                 continue;
             };
@@ -701,6 +730,61 @@ mod tests {
         let p = heap.find_or_init("orphan", || 11u16).unwrap();
         assert_eq!(*heap.get(p).unwrap(), 11);
         assert_eq!(heap.directory_census(), (1, vec![]));
+    }
+
+    #[test]
+    fn remove_ends_when_a_copied_entry_differs_only_in_its_state() {
+        // Leaked, so that a remove() that never returns can be abandoned.
+        let region: &'static TestRegion = Box::leak(Box::new(TestRegion::new(1 << 20)));
+        let heap = region.heap();
+        let p = heap.find_or_init("twin", || 3u64).unwrap();
+        // A peer's stray copy: entry 1 becomes entry 0, then entry 0's state
+        // is changed to READY with another name hash. Entry 0 now matches
+        // the name and offset but not the state scan() found in entry 1.
+        let (a, b) = (heap.entry(0), heap.entry(1));
+        fn words(e: &DirEntry) -> Vec<&AtomicU64> {
+            let mut w = vec![&e.state, &e.generation, &e.offset, &e.fingerprint];
+            w.extend([&e.size, &e.align, &e.lens]);
+            w.extend(e.name.iter().chain(&e.type_name));
+            w
+        }
+        for (from, to) in words(a).into_iter().zip(words(b)) {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let other = state(READY, name_hash("twin") ^ 1, 0);
+        a.state.store(other, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(heap.remove("twin")));
+        let removed = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("remove() did not return: it loops on the copied entry");
+        assert!(removed.is_ok(), "{removed:?}");
+        assert!(heap.get_checked(p).is_err(), "the block was freed");
+    }
+
+    #[test]
+    fn an_entry_stuck_initializing_by_a_live_thread_times_out() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        // Forge an entry left INIT by a thread that exists but is not
+        // initializing anything (thread 1 always exists).
+        let stuck = state(INIT, name_hash("stuck"), 1);
+        heap.entry_state(9).store(stuck, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        match heap.find_or_init("stuck", || 1u8) {
+            Err(Error::Timeout { what }) => assert!(what.contains("\"stuck\""), "{what}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= INIT_WAIT);
+        // Other names are not held up, and the entry's end frees the name.
+        assert!(heap.find_or_init("other", || 2u8).is_ok());
+        heap.entry_state(9).store(0, Ordering::SeqCst);
+        assert_eq!(
+            *heap
+                .get(heap.find_or_init("stuck", || 3u8).unwrap())
+                .unwrap(),
+            3
+        );
     }
 
     #[test]

@@ -134,6 +134,17 @@ impl fmt::Debug for SharedHeap<'_> {
     }
 }
 
+/// What [`SharedHeap::carve`] made of fresh pages.
+enum Carved {
+    /// A span: its first block, already marked allocated.
+    Block(u64),
+    /// The arena is used up.
+    Full,
+    /// The pages the bump counter gave were not fresh (corruption); they
+    /// were skipped.
+    Taken,
+}
+
 /// Where a block lies.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Block {
@@ -418,6 +429,17 @@ impl<'s> SharedHeap<'s> {
         if dist > page || dist >= pages || page - dist + pages > self.geo.arena_pages {
             return Err("its page map entry is corrupt");
         }
+        // The span's first and last entries must agree: one entry a peer
+        // rewrote cannot then describe a span overlapping another one's
+        // blocks (which could give a block two owners).
+        let first = page - dist;
+        let class_bits = (cls as u32) << 24;
+        if (dist != 0 && self.page_entry(first) != class_bits)
+            || (dist != pages - 1
+                && self.page_entry(first + pages - 1) != class_bits | (pages - 1) as u32)
+        {
+            return Err("its span's page map entries disagree");
+        }
         let span = (page - dist) * PAGE;
         let i = block_index(c, rel - span);
         if i >= blocks_per_span(c) {
@@ -458,10 +480,21 @@ impl<'s> SharedHeap<'s> {
         let shard = current_shard();
         for _ in 0..MAX_SKIPS {
             let Some((off, head, installed)) = self.pop_class(c, shard) else {
-                return self.carve(c, shard).ok_or(Error::OutOfMemory {
-                    size: layout.size(),
-                    align: layout.align(),
-                });
+                match self.carve(c, shard) {
+                    Carved::Block(off) => return Ok(off),
+                    Carved::Full => {
+                        return Err(Error::OutOfMemory {
+                            size: layout.size(),
+                            align: layout.align(),
+                        })
+                    }
+                    // The pages were not fresh (a bump counter set back):
+                    // they were skipped; carve again further on.
+                    Carved::Taken => {
+                        self.note_corruption();
+                        continue;
+                    }
+                }
             };
             // Relaxed: read-modify-writes of one word are totally ordered,
             // and the list's Release/Acquire orders them with push and pop.
@@ -482,7 +515,7 @@ impl<'s> SharedHeap<'s> {
         }
         Err(Error::HeapCorrupt {
             what: format!(
-                "the free lists of {}-byte blocks hold more than {MAX_SKIPS} corrupt entries",
+                "the free lists (or fresh pages) of {}-byte blocks hold more than {MAX_SKIPS} corrupt entries",
                 block_size(c)
             ),
         })
@@ -512,34 +545,64 @@ impl<'s> SharedHeap<'s> {
 
     /// Carves a new span of class `c`: returns its first block (marked
     /// allocated) and pushes the rest of a slab onto `shard`'s list.
-    fn carve(&self, c: usize, shard: usize) -> Option<u64> {
+    ///
+    /// The bump counter is peer-writable: one set back would hand out pages
+    /// that are already spans (with blocks in use). So each page map entry
+    /// is claimed by CAS from 0 (pages above the counter are never mapped),
+    /// and the first block's bit must have been clear; otherwise the pages
+    /// are left behind (leaked, the counter has moved past them) and the
+    /// result is [`Carved::Taken`].
+    fn carve(&self, c: usize, shard: usize) -> Carved {
         let pages = span_pages(c);
-        let first = self.carve_pages(pages)?;
+        let Some(first) = self.carve_pages(pages) else {
+            return Carved::Full;
+        };
         for i in 0..pages {
-            let word = self.page_word(first + i)?;
+            let entry = ((c as u32 + 1) << 24) | i as u32;
             // Release: pairs with the Acquire load in page_entry().
-            word.store(((c as u32 + 1) << 24) | i as u32, Ordering::Release);
+            let claimed = self.page_word(first + i).is_some_and(|w| {
+                w.compare_exchange(0, entry, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+            });
+            if !claimed {
+                // Give back the entries claimed so far (nobody can hold a
+                // block of them: the chain was not pushed yet).
+                for j in 0..i {
+                    if let Some(w) = self.page_word(first + j) {
+                        w.store(0, Ordering::Relaxed);
+                    }
+                }
+                return Carved::Taken;
+            }
         }
         let span = self.geo.arena_start + first * PAGE;
+        let Some((word, mask)) = self.bit(Block {
+            class: c,
+            start: span,
+            span_page: first,
+            index: 0,
+        }) else {
+            return Carved::Taken;
+        };
+        if word.fetch_or(mask, Ordering::Relaxed) & mask != 0 {
+            // A stale bit in a fresh span: the bitmap was written over.
+            // Leave the span unused rather than trust its bits.
+            return Carved::Taken;
+        }
         let n = blocks_per_span(c);
         if n > 1 {
             let size = block_size(c);
             for i in 1..n - 1 {
-                let link = self.link(span + i * size)?;
+                let Some(link) = self.link(span + i * size) else {
+                    return Carved::Taken;
+                };
                 link.store((span + (i + 1) * size) / GRANULE, Ordering::Relaxed);
             }
             if self.push_chain(self.head(shard, c), span + size, span + (n - 1) * size) {
                 move_shard();
             }
         }
-        let (word, mask) = self.bit(Block {
-            class: c,
-            start: span,
-            span_page: first,
-            index: 0,
-        })?;
-        word.fetch_or(mask, Ordering::Relaxed);
-        Some(span)
+        Carved::Block(span)
     }
 
     /// Takes `pages` pages off the bump counter; `None` when they do not fit.

@@ -305,6 +305,65 @@ fn a_garbled_free_list_costs_blocks_never_double_ownership() {
 }
 
 #[test]
+fn a_bump_counter_set_back_never_recarves_spans_in_use() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let small = layout(40, 8);
+    let big = layout(3 * 4096, 8);
+    let mut got: Vec<(u64, u64)> = Vec::new();
+    for l in [small, big, small, big] {
+        let p = heap.alloc(l).unwrap();
+        got.push((p.offset(), class_bytes(&heap, p)));
+    }
+    // A peer writes the bump counter back to 0: the carved pages must not
+    // be carved again (they hold blocks in use).
+    heap.header().bump.store(0, Ordering::Relaxed);
+    for l in [big, big, small, big] {
+        let p = heap.alloc(l).unwrap();
+        let (start, end) = (p.offset(), p.offset() + class_bytes(&heap, p));
+        for &(s, size) in &got {
+            assert!(end <= s || s + size <= start, "{start:#x} overlaps {s:#x}");
+        }
+        got.push((start, end - start));
+    }
+    assert!(heap.header().corrupt_events.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn a_page_map_entry_posing_as_a_span_start_cannot_overlap_blocks() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    // 86 blocks of 48 bytes from one fresh slab: block 85 spans the first
+    // page boundary (4080..4128 from the slab's start).
+    let l = layout(48, 8);
+    let mut blocks: Vec<u64> = (0..86).map(|_| heap.alloc(l).unwrap().offset()).collect();
+    let span = blocks[0];
+    assert!(blocks.contains(&(span + 4080)));
+    // Block 1's allocation bit is the one block 0 of a span starting at
+    // the next page would use: free it, so that bit is clear.
+    assert_eq!(blocks.remove(1), span + 48);
+    heap.free(RelPtr::from_offset(span + 48), l).unwrap();
+    // A peer makes the slab's second page look like the first page of a
+    // span of 64-byte blocks, and a garbage link leads to its first block.
+    let page = (span - heap.geo.arena_start) / PAGE;
+    let c64 = class_of(layout(64, 8)).unwrap();
+    let word = heap.page_word(page + 1).unwrap();
+    word.store((c64 as u32 + 1) << 24, Ordering::Relaxed);
+    heap.push(heap.head(current_shard(), c64), span + 4096);
+    // Whatever alloc hands out must not overlap the 48-byte blocks.
+    for _ in 0..4 {
+        if let Ok(p) = heap.alloc(layout(64, 8)) {
+            let (s, e) = (p.offset(), p.offset() + 64);
+            for &b in &blocks {
+                assert!(e <= b || b + 48 <= s, "{s:#x}..{e:#x} overlaps {b:#x}");
+            }
+        }
+    }
+    assert!(heap.locate(span + 4096).is_err());
+    assert!(!heap.check().is_consistent());
+}
+
+#[test]
 fn a_block_lost_mid_operation_is_reported_as_leaked_not_corrupt() {
     let region = TestRegion::new(1 << 20);
     let heap = region.heap();
