@@ -137,7 +137,6 @@ pub(crate) fn page_size() -> usize {
 }
 
 /// The calling process's id.
-#[allow(dead_code)] // no layer needs it yet (locks record thread ids)
 pub(crate) fn getpid() -> u32 {
     // SAFETY: getpid has no preconditions and cannot fail.
     unsafe { libc::getpid() as u32 }

@@ -25,8 +25,9 @@ use std::alloc::Layout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::class::{class_of, GRANULE, NSMALL};
-use super::{current_shard, fork_generation, move_shard, slice_layout, SharedHeap};
+use super::{current_shard, move_shard, slice_layout, SharedHeap};
 use crate::error::{Error, Result};
+use crate::process::fork_generation;
 use crate::ptr::{RelPtr, RelSlice};
 use crate::shared::Shared;
 

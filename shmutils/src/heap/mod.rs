@@ -85,9 +85,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+use crate::process;
 use crate::ptr::{RelPtr, RelSlice};
 use crate::shared::Shared;
-use crate::sys;
 
 pub use cache::{HeapCache, CACHE_BLOCKS};
 pub use check::{CheckReport, ClassStats, HeapStats};
@@ -158,66 +158,24 @@ pub(crate) struct Block {
 }
 
 thread_local! {
-    /// The free-list shard this thread works on; `u32::MAX` until chosen.
-    static SHARD: Cell<u32> = const { Cell::new(u32::MAX) };
+    /// How far this thread has moved from its home shard after lost CAS
+    /// races.
+    static SHARD_SHIFT: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Bumped in the child after every `fork` (see [`HeapCache`]).
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Runs in the child after `fork`: the child is another process, so it
-/// picks its own shard instead of sharing its parent's, and its caches
-/// forget the blocks its parent holds.
-extern "C" fn after_fork_in_child() {
-    let _ = SHARD.try_with(|s| s.set(u32::MAX));
-    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Registers [`after_fork_in_child`] once per process.
-fn register_fork_handler() {
-    static AT_FORK: std::sync::Once = std::sync::Once::new();
-    AT_FORK.call_once(|| {
-        if sys::atfork_child(after_fork_in_child).is_err() {
-            FORK_GENERATION.store(u64::MAX, Ordering::Relaxed);
-        }
-    });
-}
-
-/// The process's fork generation: different in a forked child than in its
-/// parent.
-#[inline]
-fn fork_generation() -> u64 {
-    register_fork_handler();
-    match FORK_GENERATION.load(Ordering::Relaxed) {
-        // No handler could be registered: the process id tells a child from
-        // its parent (at the cost of a system call).
-        u64::MAX => u64::from(sys::getpid()) | 1 << 63,
-        g => g,
-    }
-}
-
-/// The calling thread's shard.
+/// The calling thread's shard: its home shard (a hash of its thread id, so
+/// threads and processes spread out) moved on by lost races.
 #[inline]
 fn current_shard() -> usize {
-    SHARD
-        .try_with(|s| {
-            let v = s.get() as usize;
-            if v < NSHARDS {
-                return v;
-            }
-            register_fork_handler();
-            // Spread threads by a hash of their id (Fibonacci hashing).
-            let v = (sys::gettid().wrapping_mul(0x9e37_79b9) >> 29) as usize % NSHARDS;
-            s.set(v as u32);
-            v
-        })
-        .unwrap_or(0)
+    let home = process::current_tid().wrapping_mul(0x9e37_79b9) >> 29;
+    let shift = SHARD_SHIFT.try_with(Cell::get).unwrap_or(0);
+    (home.wrapping_add(shift) as usize) % NSHARDS
 }
 
 /// Moves the calling thread to the next shard after a lost CAS race.
 #[cold]
 fn move_shard() {
-    let _ = SHARD.try_with(|s| s.set((s.get().wrapping_add(1)) % NSHARDS as u32));
+    let _ = SHARD_SHIFT.try_with(|s| s.set(s.get().wrapping_add(1)));
 }
 
 impl<'s> SharedHeap<'s> {

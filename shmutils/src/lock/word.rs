@@ -36,12 +36,12 @@
 //! takes the lock with `WAITERS` set (it cannot know whether others still
 //! sleep), which at worst costs one spare wake.
 
-use std::cell::Cell;
 use std::hint::spin_loop;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::LockError;
+pub(crate) use crate::process::current_tid;
 use crate::sys;
 
 /// Some thread may sleep in `futex_wait` on the word.
@@ -64,71 +64,6 @@ pub(crate) const SLICE: Duration = Duration::from_millis(5);
 const SPIN_ROUNDS: u32 = 12;
 /// The longest gap between two polls, in `spin_loop` hints (~30 ns each).
 const MAX_GAP: u32 = 32;
-
-thread_local! {
-    /// This thread's kernel id, or 0 before the first lock (and in a
-    /// forked child, see [`reset_tid`]).
-    static TID: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether [`reset_tid`] is registered to run in forked children:
-/// `UNREGISTERED`, `REGISTERING` (one thread is calling `pthread_atfork`),
-/// `REGISTERED`, or `FAILED`. Not a `Once`: a child forked while another
-/// thread was inside `call_once` would wait for it forever.
-static ATFORK: AtomicU8 = AtomicU8::new(UNREGISTERED);
-const UNREGISTERED: u8 = 0;
-const REGISTERING: u8 = 1;
-const REGISTERED: u8 = 2;
-const FAILED: u8 = 3;
-
-/// `pthread_atfork` child handler: the child's only thread has a new tid,
-/// but inherited its parent's cached one.
-unsafe extern "C" fn reset_tid() {
-    let _ = TID.try_with(|t| t.set(0));
-}
-
-/// The calling thread's kernel id, cached (one syscall per thread, and
-/// one per forked child).
-#[inline]
-pub(crate) fn current_tid() -> u32 {
-    let tid = TID.with(Cell::get);
-    if tid != 0 {
-        return tid;
-    }
-    fetch_tid()
-}
-
-#[cold]
-fn fetch_tid() -> u32 {
-    let tid = sys::gettid() & TID_MASK;
-    // Acquire: pairs with the Release store below, so a thread that caches
-    // its tid does so after the handler that will reset it is registered.
-    let mut state = ATFORK.load(Ordering::Acquire);
-    if state == UNREGISTERED
-        && ATFORK
-            .compare_exchange(
-                UNREGISTERED,
-                REGISTERING,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    {
-        state = if sys::atfork_child(reset_tid).is_ok() {
-            REGISTERED
-        } else {
-            FAILED
-        };
-        // Release: publishes the registration to the Acquire load above.
-        ATFORK.store(state, Ordering::Release);
-    }
-    // Without the handler a forked child would lock with its parent's tid,
-    // so cache only once it is registered (until then, one syscall a lock).
-    if state == REGISTERED {
-        TID.with(|t| t.set(tid));
-    }
-    tid
-}
 
 /// What a lock word says, read without trusting it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
