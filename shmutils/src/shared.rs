@@ -124,21 +124,17 @@ macro_rules! shared_leaf {
     )*};
 }
 
+/// Calls `$m!` with every integer and float type: the one list of the
+/// numbers that are `Shared` here and `Plain` in `shared/plain.rs`.
+macro_rules! for_numbers {
+    ($m:ident) => {
+        $m!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+    };
+}
+pub(crate) use for_numbers;
+
+for_numbers!(shared_leaf);
 shared_leaf!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
     AtomicU8,
     AtomicU16,
     AtomicU32,

@@ -67,23 +67,8 @@ macro_rules! plain_leaf {
     )*};
 }
 
-plain_leaf!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    ()
-);
+super::for_numbers!(plain_leaf);
+plain_leaf!(());
 
 // SAFETY: an array's size is `N * size_of::<T>()` with no gaps (a type's
 // size is a multiple of its alignment), and it has the bytes of its
