@@ -520,6 +520,14 @@ struct Account {
     frozen: Checked<bool>,
 }
 
+/// A derived struct with `Default`, for `with_heap(..).new_default()`.
+#[derive(SharedStruct, Default, Debug, PartialEq)]
+#[repr(C)]
+struct Settings {
+    retries: u32,
+    timeout_ms: u32,
+}
+
 /// The list node of DESIGN.md with the real `RelPtr`.
 #[derive(SharedStruct)]
 #[repr(C)]
@@ -563,6 +571,23 @@ fn structs_holding_locks_and_relative_pointers_live_in_a_heap() {
         .unwrap();
     let zeroed = User::with_heap(&heap).new_zeroed().unwrap();
     assert_eq!(heap.get(zeroed).unwrap().id, 0);
+    let builder = Settings::with_heap(&heap);
+    let defaults = builder.new_default().unwrap();
+    let custom = builder
+        .new(Settings {
+            retries: 3,
+            timeout_ms: 250,
+        })
+        .unwrap();
+    assert_eq!(heap.get(defaults).unwrap(), &Settings::default());
+    assert_eq!(
+        heap.get(custom).unwrap(),
+        &Settings {
+            retries: 3,
+            timeout_ms: 250
+        }
+    );
+    assert_ne!(defaults, custom);
     let acct = Account::with_heap(&heap)
         .new(Account {
             balance: Lock::new(100),
