@@ -25,7 +25,7 @@ use std::alloc::Layout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::class::{class_of, GRANULE, NSMALL};
-use super::{current_shard, move_shard, slice_layout, SharedHeap};
+use super::{current_shard, move_shard, slice_layout, Block, SharedHeap};
 use crate::error::{Error, Result};
 use crate::process::fork_generation;
 use crate::ptr::{RelPtr, RelSlice};
@@ -34,11 +34,22 @@ use crate::shared::Shared;
 /// Blocks a cache holds at most per small class.
 pub const CACHE_BLOCKS: usize = 32;
 
+/// The held blocks of one class, as validated when they were freed (so
+/// taking one back needs no page map lookup: process memory, not the
+/// segment, remembers where it lies).
 #[derive(Clone, Copy)]
 struct Magazine {
     len: usize,
-    blocks: [u64; CACHE_BLOCKS],
+    blocks: [Block; CACHE_BLOCKS],
 }
+
+/// Fills empty magazine slots.
+const NO_BLOCK: Block = Block {
+    class: 0,
+    start: 0,
+    span_page: 0,
+    index: 0,
+};
 
 /// A process-local cache of free blocks in front of a [`SharedHeap`]:
 /// faster alloc/free for one thread, at the price of holding up to
@@ -86,7 +97,7 @@ impl<'s> SharedHeap<'s> {
             magazines: Box::new(
                 [Magazine {
                     len: 0,
-                    blocks: [0; CACHE_BLOCKS],
+                    blocks: [NO_BLOCK; CACHE_BLOCKS],
                 }; NSMALL],
             ),
         }
@@ -123,18 +134,14 @@ impl<'s> HeapCache<'s> {
     pub fn alloc(&mut self, layout: Layout) -> Result<RelPtr<u8>> {
         if let Some(c) = class_of(layout).filter(|&c| c < NSMALL) {
             if self.own() {
-                while let Some(off) = self.take(c) {
-                    if let Ok(b) = self.heap.locate(off) {
-                        // Relaxed: as in SharedHeap::alloc_class.
-                        let fresh = b.class == c
-                            && b.start == off
-                            && self
-                                .heap
-                                .bit(b)
-                                .is_some_and(|(w, m)| w.fetch_or(m, Ordering::Relaxed) & m == 0);
-                        if fresh {
-                            return Ok(RelPtr::from_offset(off));
-                        }
+                while let Some(b) = self.take(c) {
+                    // Relaxed: as in SharedHeap::alloc_class.
+                    let fresh = self
+                        .heap
+                        .bit(b)
+                        .is_some_and(|(w, m)| w.fetch_or(m, Ordering::Relaxed) & m == 0);
+                    if fresh {
+                        return Ok(RelPtr::from_offset(b.start));
                     }
                     // Someone else holds it: only corruption can cause this.
                     self.heap.note_corruption();
@@ -145,7 +152,7 @@ impl<'s> HeapCache<'s> {
     }
 
     #[inline]
-    fn take(&mut self, c: usize) -> Option<u64> {
+    fn take(&mut self, c: usize) -> Option<Block> {
         let m = &mut self.magazines[c];
         if m.len == 0 {
             return None;
@@ -178,7 +185,7 @@ impl<'s> HeapCache<'s> {
             self.spill(b.class, CACHE_BLOCKS / 2);
         }
         let m = &mut self.magazines[b.class];
-        m.blocks[m.len] = off;
+        m.blocks[m.len] = b;
         m.len += 1;
         Ok(())
     }
@@ -191,7 +198,11 @@ impl<'s> HeapCache<'s> {
         if n == 0 {
             return;
         }
-        let chain = &m.blocks[m.len - n..m.len];
+        let mut starts = [0u64; CACHE_BLOCKS];
+        for (s, b) in starts.iter_mut().zip(&m.blocks[m.len - n..m.len]) {
+            *s = b.start;
+        }
+        let chain = &starts[..n];
         let links: Option<Vec<&AtomicU64>> = chain.iter().map(|&b| self.heap.link(b)).collect();
         if let Some(links) = links {
             for (link, next) in links.iter().zip(&chain[1..]) {
