@@ -26,6 +26,8 @@ use crate::sys;
 
 /// How long a waiter spins on the sequence word before it sleeps.
 const SPIN_FOR: Duration = Duration::from_micros(20);
+/// The longest a waiter sleeps before it looks at the sequence word again.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// A process-shared condition variable, used with a [`Lock`](super::Lock).
 ///
@@ -178,21 +180,30 @@ impl Condvar {
                 break 'spin;
             }
         }
-        let timeout = match deadline {
-            None => None,
-            Some(at) => match at.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return true,
-            },
-        };
-        // SeqCst: see `notify`.
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut timed_out = false;
-        if self.seq.load(Ordering::SeqCst) == seen {
-            timed_out = sys::futex_wait(&self.seq, seen, timeout) == sys::FutexWait::TimedOut;
+        // Sleep in slices of at most MAX_SLEEP, re-checking `seq` after
+        // each: `sleepers` lives in shared memory, and a peer that scribbled
+        // a 0 over it makes `notify` skip the wake. Garbage then costs up to
+        // one slice of latency, never a waiter asleep for good.
+        loop {
+            let timeout = match deadline {
+                None => MAX_SLEEP,
+                Some(at) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(MAX_SLEEP),
+                    _ => return true,
+                },
+            };
+            // SeqCst: see `notify`.
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let slept = if self.seq.load(Ordering::SeqCst) == seen {
+                sys::futex_wait(&self.seq, seen, Some(timeout))
+            } else {
+                sys::FutexWait::Changed
+            };
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            if slept != sys::FutexWait::TimedOut || self.seq.load(Ordering::Relaxed) != seen {
+                return false;
+            }
         }
-        self.sleepers.fetch_sub(1, Ordering::Relaxed);
-        timed_out
     }
 }
 
@@ -242,5 +253,33 @@ mod tests {
             }
         });
         assert_eq!(*l.lock().unwrap(), 2000);
+    }
+
+    #[test]
+    fn a_scribbled_sleeper_count_delays_but_never_loses_a_wake_up() {
+        let (l, cv) = (Lock::new(false), Condvar::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let g = cv.wait_while(l.lock().unwrap(), |ready| !*ready).unwrap();
+                tx.send(*g).unwrap();
+            });
+            // Let the waiter fall asleep, then play a peer that zeroes the
+            // sleeper count: notify_all will skip the futex wake.
+            while cv.sleepers.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            cv.sleepers.store(0, Ordering::SeqCst);
+            *l.lock().unwrap() = true;
+            cv.notify_all();
+            // The waiter's slice ends and it sees the sequence word moved.
+            let woke = rx.recv_timeout(MAX_SLEEP * 20);
+            if woke.is_err() {
+                // Release the waiter so the scope can end and report.
+                cv.sleepers.store(1, Ordering::SeqCst);
+                cv.notify_all();
+            }
+            assert_eq!(woke, Ok(true), "the waiter missed the wake-up");
+        });
     }
 }
