@@ -290,6 +290,18 @@ fn unlink_on_drop_is_the_creators_opt_in() {
         "no unlink by default"
     );
     seg.unlink_on_drop(true).unwrap();
+    // A forked child that drops its copy of the creator's Segment is not
+    // the creator: the name stays.
+    let child = fork(|| {
+        let copy = std::mem::replace(&mut seg, Segment::anonymous(SIZE).unwrap());
+        drop(copy);
+        0
+    });
+    assert_eq!(child.wait(), 0);
+    assert!(
+        ShmFd::open(&name, Mode::ReadOnly).is_ok(),
+        "a forked child's drop unlinked the name"
+    );
     drop(seg);
     assert!(matches!(
         ShmFd::open(&name, Mode::ReadOnly),

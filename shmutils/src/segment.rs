@@ -74,7 +74,9 @@ pub struct Segment {
     creator_pid: u32,
     geo: Geometry,
     created: bool,
-    unlink_on_drop: bool,
+    /// `Some(fork generation)` of the process that asked to unlink on
+    /// drop: a forked child's copy of the `Segment` leaves the name alone.
+    unlink_on_drop: Option<u64>,
 }
 
 impl Segment {
@@ -326,7 +328,7 @@ impl Segment {
             creator_pid,
             geo,
             created,
-            unlink_on_drop: false,
+            unlink_on_drop: None,
         })
     }
 
@@ -385,7 +387,8 @@ impl Segment {
     }
 
     /// Asks that dropping this `Segment` unlinks its name (opt-in, for the
-    /// creator only; errors in drop are ignored).
+    /// creator only; errors in drop are ignored). Only this process does: a
+    /// child forked from it drops its copy without unlinking.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if this process did not create the
@@ -396,14 +399,14 @@ impl Segment {
                 what: "only the segment's creator may unlink it on drop".to_owned(),
             });
         }
-        self.unlink_on_drop = yes;
+        self.unlink_on_drop = yes.then(crate::process::fork_generation);
         Ok(())
     }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.unlink_on_drop {
+        if self.unlink_on_drop == Some(crate::process::fork_generation()) {
             if let Some(name) = &self.name {
                 let _ = shm_unlink(name);
             }
