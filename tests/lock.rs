@@ -242,6 +242,38 @@ fn a_forked_child_does_not_inherit_its_parents_lock() {
     assert_eq!(*lock.lock().unwrap(), 1);
 }
 
+#[test]
+fn a_guard_dropped_in_a_forked_child_leaves_the_parents_lock_held() {
+    let (_name, mut m) = segment("lock-guard-fork");
+    let (lock, _flag) = lock_and_flag(&mut m);
+    let g = lock.lock().unwrap();
+    let child = fork(|| {
+        // The child's copy of the guard does not hold the lock here.
+        drop(unsafe_copy_of(&g));
+        match lock.try_lock() {
+            Err(LockError::WouldBlock) => 0, // still the parent's
+            _ => 1,
+        }
+    });
+    assert_eq!(
+        child.wait(),
+        0,
+        "the child's drop released the parent's lock"
+    );
+    assert!(lock.raw().is_held_by_current_thread());
+    drop(g);
+    assert!(!lock.is_locked());
+}
+
+/// A bitwise copy of a guard: what a forked child holds of its parent's.
+fn unsafe_copy_of<G>(g: &G) -> G {
+    // SAFETY: only used in a forked child, where the original is never
+    // dropped (the child leaves with _exit), so the guard is dropped once
+    // in that process — as happens when a child returns with an inherited
+    // guard in scope.
+    unsafe { std::ptr::read(g) }
+}
+
 /// Garbage in a lock word never hangs or panics: either the lock works, or
 /// a typed error comes back.
 #[test]

@@ -132,6 +132,13 @@ impl RawLock {
         self.word.unlock();
     }
 
+    /// Unlocks if the calling thread holds the lock, else does nothing
+    /// (what a guard's drop needs: see `LockGuard`'s `Drop`).
+    #[inline]
+    pub(crate) fn unlock_if_held(&self) {
+        self.word.unlock_if_held_by(current_tid());
+    }
+
     /// Declares the data repaired after `OwnerDied`.
     ///
     /// # Safety

@@ -181,10 +181,12 @@ impl<T> DerefMut for LockGuard<'_, T> {
 }
 
 impl<T> Drop for LockGuard<'_, T> {
+    /// Unlocks. A copy of the guard inherited by a forked child does not
+    /// hold the lock there (the child's thread has another id), so
+    /// dropping it in the child leaves the parent's lock alone.
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the guard exists only while this thread holds the lock.
-        unsafe { self.lock.raw.unlock() };
+        self.lock.raw.unlock_if_held();
     }
 }
 
@@ -360,9 +362,14 @@ impl<T> Deref for RLockGuard<'_, T> {
 }
 
 impl<T> Drop for RLockGuard<'_, T> {
+    /// Releases one level. In a forked child that inherited the guard, the
+    /// lock is the parent's: dropping the copy there changes nothing.
     fn drop(&mut self) {
-        // SAFETY: the guard stands for one `lock` by this thread.
-        unsafe { self.lock.raw.unlock() };
+        if self.lock.raw.is_held_by_current_thread() {
+            // SAFETY: the guard stands for one `lock` by this thread, which
+            // holds the lock (checked just above).
+            unsafe { self.lock.raw.unlock() };
+        }
     }
 }
 

@@ -265,12 +265,29 @@ impl Word {
         matches!(classify(w), State::Owned(_)) && w & INCONSISTENT != 0
     }
 
+    /// Releases the lock if `me` holds it; does nothing otherwise (a guard
+    /// inherited by a forked child, whose thread id differs). The same one
+    /// load as `unlock`, plus a compare.
+    #[inline]
+    pub(crate) fn unlock_if_held_by(&self, me: u32) {
+        let w = self.load();
+        if classify(w) == State::Owned(me) {
+            self.unlock_observed(w);
+        }
+    }
+
     /// Releases the lock held by the caller; an inconsistent lock becomes
     /// not recoverable instead.
     #[inline]
     pub(crate) fn unlock(&self) {
+        self.unlock_observed(self.load());
+    }
+
+    /// `unlock`, given the word the owner just read.
+    #[inline]
+    fn unlock_observed(&self, w: u32) {
         // Only the owner sets or clears INCONSISTENT, and we own the word.
-        if self.load() & INCONSISTENT != 0 {
+        if w & INCONSISTENT != 0 {
             return self.give_up();
         }
         // Release: publishes our critical section to the next Acquire CAS.
