@@ -1,12 +1,14 @@
 //! `#[derive(SharedStruct)]` on a struct: validate, then emit.
 //!
-//! What is emitted, in pieces (the handle layer's part adds more pieces,
-//! e.g. the `with_heap` constructors, to [`emit`]):
+//! What is emitted, in pieces:
 //! - [`shared_impl`]: `unsafe impl Shared` with `NAME` and `FINGERPRINT`;
 //! - [`field_checks`]: one `field_fingerprint::<Field>()` per field, spanned
 //!   at the field's type;
 //! - [`layout_checks`]: compile-time assertions on the layout;
-//! - [`inherent_impl`] and [`plain_impl`]: `sizeof()` and `as_bytes()`.
+//! - [`inherent_impl`]: `sizeof()`, `as_bytes()`, `with_heap()` (the
+//!   seed's `User.with_heap(page).new()`) and `ptr_in()` (a `&Self` back to
+//!   its `RelPtr<Self>`);
+//! - [`plain_impl`]: what `as_bytes()` needs to compile.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
