@@ -1,8 +1,15 @@
-//! The shared heap against glibc malloc/free (the process-local floor) and
-//! raw pointer dereference, measured in the same run.
+//! The shared heap against glibc malloc/free (the process-local floor),
+//! Boost.Interprocess `managed_shared_memory` (rbtree_best_fit behind one
+//! `interprocess_mutex`; the C++ program `peers/boost_peer.cpp` runs the
+//! same workloads) and raw pointer dereference, measured in the same run.
 //!
 //! Run with `cargo bench --bench heap`. Prints one table; ratios are
-//! shmutils / peer (lower is better for times, higher for throughput).
+//! shmutils / peer (lower is better for times, higher for throughput). The
+//! Boost column needs a C++ compiler and `libboost-dev`; without them it
+//! reads `n/a`.
+
+#[path = "peers/boost.rs"]
+mod boost;
 
 use std::alloc::Layout;
 use std::hint::black_box;
@@ -21,6 +28,17 @@ struct Row {
     ours: String,
     peer: String,
     ratio: String,
+    boost: String,
+    vs_boost: String,
+}
+
+/// The Boost cells of a row: `value` in `unit` and shmutils / Boost (`ours`
+/// over `value`), or `n/a`.
+fn boost_cells(ours: f64, value: Option<f64>, unit: &str) -> (String, String) {
+    match value {
+        Some(b) => (format!("{b:.1} {unit}"), format!("{:.2}x", ours / b)),
+        None => ("n/a".to_owned(), "n/a".to_owned()),
+    }
 }
 
 fn xorshift(state: &mut u64) -> u64 {
@@ -229,35 +247,60 @@ fn main() {
     let heap = seg.heap();
     let go = heap.new(AtomicU32::new(0)).unwrap();
     let go = heap.get(go).unwrap();
+    let peer = boost::Boost::new();
     let mut rows = Vec::new();
 
     let (shared, cached, glibc) = alloc_small(heap);
+    let b = peer
+        .run("alloc_small", SMALL_PAIRS)
+        .and_then(|r| r.get("alloc_small"));
+    let (boost, vs_boost) = boost_cells(shared, b, "ns/pair");
     rows.push(Row {
         name: "alloc_small (64 B alloc+free), shared",
         ours: format!("{shared:.1} ns/pair"),
         peer: format!("glibc {glibc:.1} ns/pair"),
         ratio: format!("{:.2}x", shared / glibc),
+        boost,
+        vs_boost,
     });
+    let (boost, vs_boost) = boost_cells(cached, b, "ns/pair");
     rows.push(Row {
         name: "alloc_small, through a HeapCache",
         ours: format!("{cached:.1} ns/pair"),
         peer: format!("glibc {glibc:.1} ns/pair"),
         ratio: format!("{:.2}x", cached / glibc),
+        boost,
+        vs_boost,
     });
 
     let (ours, glibc) = alloc_batch(heap);
+    let b = peer.run("alloc_batch", BATCH as u64);
+    let get = |name| b.as_ref().and_then(|r| r.get(name));
+    let (boost, vs_boost) = boost_cells(ours.alloc_ns, get("alloc_batch_alloc"), "ns/alloc");
     rows.push(Row {
         name: "alloc_batch alloc (1M x 16..1024 B)",
         ours: format!("{:.1} ns/alloc", ours.alloc_ns),
         peer: format!("glibc {:.1} ns/alloc", glibc.alloc_ns),
         ratio: format!("{:.2}x", ours.alloc_ns / glibc.alloc_ns),
+        boost,
+        vs_boost,
     });
+    let (boost, vs_boost) = boost_cells(ours.free_ns, get("alloc_batch_free"), "ns/free");
     rows.push(Row {
         name: "alloc_batch free (shuffled)",
         ours: format!("{:.1} ns/free", ours.free_ns),
         peer: format!("glibc {:.1} ns/free", glibc.free_ns),
         ratio: format!("{:.2}x", ours.free_ns / glibc.free_ns),
+        boost,
+        vs_boost,
     });
+    let (boost, vs_boost) = match (get("alloc_batch_used"), get("alloc_batch_requested")) {
+        (Some(used), Some(requested)) => (
+            format!("{:.3} ({} MiB)", used / requested, used as u64 >> 20),
+            format!("{:.2}x", ours.used as f64 / used),
+        ),
+        _ => ("n/a".to_owned(), "n/a".to_owned()),
+    };
     rows.push(Row {
         name: "alloc_batch bytes used / requested",
         ours: format!(
@@ -271,20 +314,31 @@ fn main() {
             glibc.used >> 20
         ),
         ratio: format!("{:.2}x", ours.used as f64 / glibc.used as f64),
+        boost,
+        vs_boost,
     });
 
     let (shared, cached, glibc) = alloc_contended(heap, go);
+    let b = peer
+        .run("alloc_contended", CONTENDED_PAIRS)
+        .and_then(|r| r.get("alloc_contended"));
+    let (boost, vs_boost) = boost_cells(shared, b, "Mops/s");
     rows.push(Row {
         name: "alloc_contended (2 procs x 5M), shared",
         ours: format!("{shared:.1} Mops/s"),
         peer: format!("glibc local {glibc:.1} Mops/s"),
         ratio: format!("{:.2}x", shared / glibc),
+        boost,
+        vs_boost,
     });
+    let (boost, vs_boost) = boost_cells(cached, b, "Mops/s");
     rows.push(Row {
         name: "alloc_contended, a HeapCache each",
         ours: format!("{cached:.1} Mops/s"),
         peer: format!("glibc local {glibc:.1} Mops/s"),
         ratio: format!("{:.2}x", cached / glibc),
+        boost,
+        vs_boost,
     });
 
     let (ours, raw) = relptr_resolve(heap);
@@ -293,6 +347,9 @@ fn main() {
         ours: format!("{ours:.2} ns"),
         peer: format!("raw deref {raw:.2} ns"),
         ratio: format!("{:.2}x", ours / raw),
+        // Boost's analogue (offset_ptr) is not measured.
+        boost: "-".to_owned(),
+        vs_boost: "-".to_owned(),
     });
 
     // The forked children dropped their caches before _exit, so nothing is
@@ -301,13 +358,13 @@ fn main() {
     assert!(report.is_consistent(), "{report}");
 
     println!(
-        "\n{:<40} {:>22} {:>28} {:>8}",
-        "benchmark", "shmutils", "peer", "ratio"
+        "\n{:<40} {:>22} {:>28} {:>8} {:>20} {:>8}",
+        "benchmark", "shmutils", "peer", "ratio", "Boost.Interprocess", "vs Boost"
     );
     for r in rows {
         println!(
-            "{:<40} {:>22} {:>28} {:>8}",
-            r.name, r.ours, r.peer, r.ratio
+            "{:<40} {:>22} {:>28} {:>8} {:>20} {:>8}",
+            r.name, r.ours, r.peer, r.ratio, r.boost, r.vs_boost
         );
     }
     let stats = heap.stats();

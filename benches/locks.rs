@@ -1,5 +1,7 @@
 //! Lock benchmarks: shmutils against glibc's process-shared pthread mutex
-//! (plain and robust) and condition variable, all in a real `MAP_SHARED`
+//! (plain and robust) and condition variable, and against Boost.Interprocess
+//! `interprocess_mutex` + `interprocess_condition` (the C++ program
+//! `peers/boost_peer.cpp`, same workloads), all in a real `MAP_SHARED`
 //! mapping of a named segment, in the same run.
 //!
 //! - `lock_uncontended`: lock + unlock pairs in one process (ns/pair).
@@ -9,7 +11,11 @@
 //!   times (ns per round trip).
 //!
 //! Each figure is the best of several runs (the machine is shared and
-//! noisy). Run with `cargo bench --bench locks`.
+//! noisy). Run with `cargo bench --bench locks`. The Boost column needs a
+//! C++ compiler and `libboost-dev`; without them it reads `n/a`.
+
+#[path = "peers/boost.rs"]
+mod boost;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -278,23 +284,47 @@ fn best(lower_is_better: bool, f: impl Fn() -> f64) -> f64 {
     }
 }
 
+/// The best of [`RUNS`] runs of the Boost peer's `name` workload (`n`
+/// iterations, a fresh segment each run, like the Rust runs); `None` if the
+/// peer is unavailable or a run failed.
+fn best_boost(peer: &boost::Boost, lower_is_better: bool, name: &str, n: u64) -> Option<f64> {
+    let mut runs = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        runs.push(peer.run(name, n)?.get(name)?);
+    }
+    let runs = runs.into_iter();
+    Some(if lower_is_better {
+        runs.fold(f64::INFINITY, f64::min)
+    } else {
+        runs.fold(0.0, f64::max)
+    })
+}
+
+/// `value` formatted with `decimals`, or `n/a`.
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and friends
     }
+    let peer = boost::Boost::new();
     println!(
-        "locks benchmark: best of {RUNS} runs, {} CPUs; ratio = shmutils / pthread (plain)",
+        "locks benchmark: best of {RUNS} runs, {} CPUs; ratio = shmutils / pthread (plain), \
+         vs boost = shmutils / Boost.Interprocess",
         cpus()
     );
     println!(
-        "{:<18} {:>8} {:>10} {:>10} {:>15} {:>7}  target",
-        "workload", "unit", "shmutils", "pthread", "pthread robust", "ratio"
+        "{:<18} {:>8} {:>10} {:>10} {:>15} {:>10} {:>7} {:>8}  target",
+        "workload", "unit", "shmutils", "pthread", "pthread robust", "boost", "ratio", "vs boost"
     );
     type Row = (
         &'static str,
         &'static str,
         bool,
         fn(Kind) -> f64,
+        u64,
         &'static str,
     );
     let rows: [Row; 3] = [
@@ -303,18 +333,36 @@ fn main() {
             "ns/pair",
             true,
             uncontended,
+            UNCONTENDED_PAIRS,
             "ratio <= 1",
         ),
-        ("lock_contended", "Mops/s", false, contended, "ratio >= 1"),
-        ("pingpong", "ns/trip", true, pingpong, "ratio <= 0.05"),
+        (
+            "lock_contended",
+            "Mops/s",
+            false,
+            contended,
+            CONTENDED_TOTAL,
+            "ratio >= 1",
+        ),
+        (
+            "pingpong",
+            "ns/trip",
+            true,
+            pingpong,
+            u64::from(ROUND_TRIPS),
+            "ratio <= 0.05",
+        ),
     ];
-    for (name, unit, lower, f, target) in rows {
+    for (name, unit, lower, f, count, target) in rows {
         let s = best(lower, || f(Kind::Shmutils));
         let p = best(lower, || f(Kind::Pthread));
         let r = best(lower, || f(Kind::PthreadRobust));
+        let b = best_boost(&peer, lower, name, count);
         println!(
-            "{name:<18} {unit:>8} {s:>10.2} {p:>10.2} {r:>15.2} {:>7.3}  {target}",
-            s / p
+            "{name:<18} {unit:>8} {s:>10.2} {p:>10.2} {r:>15.2} {:>10} {:>7.3} {:>8}  {target}",
+            cell(b, 2),
+            s / p,
+            cell(b.map(|b| s / b), 3),
         );
     }
 }
