@@ -14,6 +14,9 @@ use std::process::Command;
 fn derive_rejections() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
+    // Not the derive's, but the same machinery: a relative mapping offers
+    // no absolute addressing, so using it does not compile.
+    t.compile_fail("tests/ui-api/*.rs");
 }
 
 #[test]
