@@ -111,3 +111,20 @@ impl Drop for Child {
         }
     }
 }
+
+/// The `main` of a spawned child helper binary: runs `run` on the
+/// command-line arguments (without the program name); on error prints
+/// `NAME: error` to stderr and exits with status 1.
+pub fn child_main<E: std::fmt::Display>(
+    name: &str,
+    run: impl FnOnce(&[String]) -> Result<(), E>,
+) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

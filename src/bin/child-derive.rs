@@ -57,12 +57,5 @@ fn run(args: &[String]) -> shmutils::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("child-derive: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    shmutils_workspace::child_main("child-derive", run)
 }

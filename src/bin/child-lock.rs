@@ -49,12 +49,5 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("child-lock: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    shmutils_workspace::child_main("child-lock", run)
 }

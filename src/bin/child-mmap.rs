@@ -59,12 +59,5 @@ fn run(args: &[String]) -> shmutils::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("child-mmap: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    shmutils_workspace::child_main("child-mmap", run)
 }
