@@ -186,10 +186,11 @@ pub enum Error {
         /// The object's name.
         name: String,
     },
-    /// A named object exists but holds another type than the one asked for.
+    /// An object holds another type than the one asked for: a named object,
+    /// a heap block, or bytes of a mapping already placed as another type.
     TypeMismatch {
-        /// The object's name.
-        name: String,
+        /// The object, e.g. `named object "counter"` or `block at 0x1000`.
+        object: String,
         /// The type asked for: name, size, alignment, fingerprint.
         expected: String,
         /// The type recorded in the segment.
@@ -340,12 +341,12 @@ impl fmt::Display for Error {
             Error::Timeout { what } => write!(f, "timed out waiting for {what}"),
             Error::NameNotFound { name } => write!(f, "no named object {name:?}"),
             Error::TypeMismatch {
-                name,
+                object,
                 expected,
                 found,
             } => write!(
                 f,
-                "named object {name:?} has the wrong type: expected {expected}, found {found}"
+                "{object} has the wrong type: expected {expected}, found {found}"
             ),
             Error::DirectoryFull { capacity } => write!(
                 f,

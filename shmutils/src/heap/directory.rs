@@ -339,7 +339,7 @@ impl<'s> SharedHeap<'s> {
             || snap.align != align_of::<T>() as u64
         {
             return Err(Error::TypeMismatch {
-                name: name.to_owned(),
+                object: format!("named object {name:?}"),
                 expected: describe::<T>(),
                 found: snap.describe(),
             });
@@ -636,11 +636,11 @@ mod tests {
         assert_eq!(heap.find::<AtomicU64>("counter").unwrap(), a);
         match heap.find::<AtomicU32>("counter") {
             Err(Error::TypeMismatch {
-                name,
+                object,
                 expected,
                 found,
             }) => {
-                assert_eq!(name, "counter");
+                assert_eq!(object, "named object \"counter\"");
                 assert!(expected.starts_with("AtomicU32 (size 4"), "{expected}");
                 assert!(found.starts_with("AtomicU64 (size 8"), "{found}");
             }
