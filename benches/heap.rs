@@ -59,19 +59,22 @@ fn alloc_small(heap: SharedHeap<'_>) -> (f64, f64, f64) {
     // Warm up.
     for _ in 0..100_000 {
         let p = heap.alloc(l).unwrap();
-        heap.free(black_box(p), l).unwrap();
+        // SAFETY: an untyped block of the bench, never read.
+        unsafe { heap.free(black_box(p), l) }.unwrap();
     }
     let t = Instant::now();
     for _ in 0..SMALL_PAIRS {
         let p = heap.alloc(l).unwrap();
-        heap.free(black_box(p), l).unwrap();
+        // SAFETY: an untyped block of the bench, never read.
+        unsafe { heap.free(black_box(p), l) }.unwrap();
     }
     let shared = ns_per(t.elapsed(), SMALL_PAIRS);
     let mut cache = heap.cache();
     let t = Instant::now();
     for _ in 0..SMALL_PAIRS {
         let p = cache.alloc(l).unwrap();
-        cache.free(black_box(p), l).unwrap();
+        // SAFETY: an untyped block of the bench, never read.
+        unsafe { cache.free(black_box(p), l) }.unwrap();
     }
     let cached = ns_per(t.elapsed(), SMALL_PAIRS);
     drop(cache);
@@ -114,8 +117,8 @@ fn alloc_batch(heap: SharedHeap<'_>) -> (Batch, Batch) {
     let used = heap.stats().high_water_bytes - before;
     let t = Instant::now();
     for &i in &order {
-        heap.free(ptrs[i], Layout::from_size_align(sizes[i], 8).unwrap())
-            .unwrap();
+        // SAFETY: an untyped block of the bench, never read.
+        unsafe { heap.free(ptrs[i], Layout::from_size_align(sizes[i], 8).unwrap()) }.unwrap();
     }
     let free_ns = ns_per(t.elapsed(), BATCH as u64);
     let ours = Batch {
@@ -194,14 +197,16 @@ fn alloc_contended(heap: SharedHeap<'_>, go: &AtomicU32) -> (f64, f64, f64) {
     let shared = forked(2, go, || {
         for _ in 0..CONTENDED_PAIRS {
             let p = heap.alloc(l).unwrap();
-            heap.free(black_box(p), l).unwrap();
+            // SAFETY: an untyped block of the bench, never read.
+            unsafe { heap.free(black_box(p), l) }.unwrap();
         }
     });
     let cached = forked(2, go, || {
         let mut cache = heap.cache();
         for _ in 0..CONTENDED_PAIRS {
             let p = cache.alloc(l).unwrap();
-            cache.free(black_box(p), l).unwrap();
+            // SAFETY: an untyped block of the bench, never read.
+            unsafe { cache.free(black_box(p), l) }.unwrap();
         }
     });
     let glibc = forked(2, go, || {
@@ -237,7 +242,8 @@ fn relptr_resolve(heap: SharedHeap<'_>) -> (f64, f64) {
     black_box(sum);
     let raw = ns_per(t.elapsed(), RESOLVES as u64);
     for p in ptrs {
-        heap.delete(p).unwrap();
+        // SAFETY: the references made above are dead.
+        unsafe { heap.delete(p) }.unwrap();
     }
     (ours, raw)
 }

@@ -1,10 +1,11 @@
-//! DESIGN.md rule 2 under fire: a deterministic fuzz that scribbles over a
-//! real segment (headers, free-list heads, directory, page map, bitmap,
-//! block contents) and then runs every heap and segment API on it in a
-//! forked child. A panic, abort, segfault or hang of the library is a
-//! non-zero exit (or a kill after a time bound), so it fails the test; so
-//! does an allocation outside the arena or one that overlaps another
-//! allocation made in the same child.
+//! DESIGN.md rules 2 and 3 under fire: a deterministic fuzz that scribbles
+//! over a real segment (headers, free-list heads, directory, type table,
+//! page map, span words, blocks' meta words, block contents) and then runs
+//! every heap and segment API on it in a forked child. A panic, abort,
+//! segfault or hang of the library is a non-zero exit (or a kill after a
+//! time bound), so it fails the test; so does an allocation outside the
+//! arena, one that overlaps another allocation made in the same child, and
+//! a typed read that resolves a block as a type it was not made as.
 //!
 //! Every round is seeded by its index; a failure prints the round, its
 //! seed and the scribbles. `ADVERSARIAL_ROUND=n` reruns round `n` alone,
@@ -27,14 +28,16 @@ const CHILD_LIMIT: Duration = Duration::from_secs(10);
 /// Where the heap's pieces lie, from the layout documented in
 /// `shmutils/src/heap/layout.rs` (segment header 64 B, heap header 128 B,
 /// 119 classes x 8 shards x 64 B of heads, 128 directory entries of 160 B,
-/// then page map, bitmap, arena). Checked against what the API reports.
+/// 512 type table entries of 128 B, then page map, span words, arena).
+/// Checked against what the API reports.
 #[derive(Clone, Copy, Debug)]
 struct Map {
     heap_header: u64,
     heads: u64,
     dir: u64,
+    types: u64,
     pagemap: u64,
-    bitmap: u64,
+    spans: u64,
     arena_start: u64,
     arena_end: u64,
     pages: u64,
@@ -57,24 +60,23 @@ impl Map {
         let pages = stats.arena_bytes / 4096;
         let heads = HEAP_OFF + 128;
         let dir = heads + NCLASSES * 8 * 64;
-        let pagemap = dir + 128 * 160;
-        let bitmap = align_up(pagemap + 4 * pages, 64);
-        let arena_start = align_up(bitmap + 64 * pages, 4096);
+        let types = dir + 128 * 160;
+        let pagemap = types + 512 * 128;
+        let spans = align_up(pagemap + 4 * pages, 8);
+        let arena_start = align_up(spans + 8 * pages, 4096);
         // The documented layout must be the real one, or the fuzz would
         // aim at the wrong bytes: the arena starts exactly there.
-        assert!(heap.get(RelPtr::<u8>::from_offset(arena_start)).is_ok());
-        assert!(heap
-            .get(RelPtr::<u8>::from_offset(arena_start - 1))
-            .is_err());
+        let at = |off: u64| heap.as_ptr(forge::<u8>(off)).is_ok();
+        assert!(at(arena_start) && !at(arena_start - 1));
         let arena_end = arena_start + stats.arena_bytes;
-        assert!(heap.get(RelPtr::<u8>::from_offset(arena_end - 1)).is_ok());
-        assert!(heap.get(RelPtr::<u8>::from_offset(arena_end)).is_err());
+        assert!(at(arena_end - 1) && !at(arena_end));
         Map {
             heap_header: HEAP_OFF,
             heads,
             dir,
+            types,
             pagemap,
-            bitmap,
+            spans,
             arena_start,
             arena_end,
             pages,
@@ -82,6 +84,29 @@ impl Map {
             size: seg.size() as u64,
         }
     }
+}
+
+/// A pointer made from a number, as a peer could write one into the
+/// segment: resolution must check it whatever it is.
+fn forge<T>(off: u64) -> RelPtr<T> {
+    // SAFETY: the fuzz resolves and frees forged pointers on purpose; the
+    // heap must refuse every wrong one (a wrong free is the fuzz's point,
+    // and the child holds no reference to anything it frees).
+    unsafe { RelPtr::from_offset(off) }
+}
+
+/// A slice made from numbers (see `forge`).
+fn forge_slice<T>(off: u64, len: u64) -> RelSlice<T> {
+    // SAFETY: as in forge().
+    unsafe { RelSlice::from_raw_parts(off, len) }
+}
+
+/// `heap.free` of what the fuzz owns, or of what it means the heap to
+/// refuse.
+fn free(heap: &shmutils::SharedHeap<'_>, p: RelPtr<u8>, l: Layout) -> shmutils::Result<()> {
+    // SAFETY: as in forge(): the process holds no reference into any block
+    // it frees (every reference it makes is dropped at once).
+    unsafe { heap.free(p, l) }
 }
 
 /// SplitMix64: deterministic, seeded per round.
@@ -166,7 +191,7 @@ fn populate(seg: &Segment, rng: &mut Rng) -> Made {
         let (p, l) = made
             .raw
             .swap_remove(rng.below(made.raw.len() as u64) as usize);
-        heap.free(p, l).unwrap();
+        free(&heap, p, l).unwrap();
         made.freed.push((p, l));
     }
     for k in 0..rng.in_range(1, 6) {
@@ -188,14 +213,22 @@ fn scribble(rng: &mut Rng, map: &Map, made: &Made, m: &MappedMemory, log: &mut V
         .chain(made.slices.iter().map(|s| s.offset()))
         .chain(made.raw.iter().chain(&made.freed).map(|(p, _)| p.offset()))
         .collect();
-    let (lo, hi, what) = match rng.below(9) {
+    let (lo, hi, what) = match rng.below(12) {
         0 => (0, 64, "segment header"),
         1 => (map.heap_header, map.heads, "heap header"),
         2 => (map.heads, map.dir, "free-list heads"),
-        3 => (map.dir, map.pagemap, "directory"),
+        3 => (map.dir, map.types, "directory"),
         4 => (map.pagemap, map.pagemap + 4 * map.pages, "page map"),
-        5 => (map.bitmap, map.bitmap + 64 * map.pages, "bitmap"),
+        5 => (map.spans, map.spans + 8 * map.pages, "span words"),
         6 => (BUMP_FIELD, BUMP_FIELD + 8, "bump counter"),
+        8 | 9 => (map.types, map.types + 8 * 128, "type table"),
+        10 => {
+            // The meta words at the tail of the first slabs.
+            let slabs = ((map.carved_end - map.arena_start) / 65536).max(1);
+            let slab = map.arena_start + rng.below(slabs) * 65536;
+            let end = (slab + 65536).min(map.arena_end);
+            (end - 8192, end, "slab meta words")
+        }
         7 if !live.is_empty() => {
             let b = live[rng.below(live.len() as u64) as usize];
             (b, (b + 64).min(map.size), "a block's first bytes")
@@ -310,8 +343,9 @@ impl Owned {
 }
 
 /// Everything a process attached to the scribbled segment might do. Returns
-/// the child's exit code: 0, or 2 / 3 for an allocation outside the arena /
-/// handed out twice. A panic inside the library exits 101.
+/// the child's exit code: 0, or 2 / 3 / 4 for an allocation outside the
+/// arena / handed out twice / a block resolved as another type. A panic
+/// inside the library exits 101.
 fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 {
     let mut rng = Rng(seed ^ 0x00c0_ffee);
     let heap = seg.heap();
@@ -337,11 +371,7 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
     // Resolve what the parent made (and its neighbours).
     let mut sink = 0u64;
     for &p in &made.values {
-        for q in [
-            p,
-            RelPtr::from_offset(p.offset().wrapping_add(8)),
-            RelPtr::from_offset(p.offset() ^ 4),
-        ] {
+        for q in [p, forge(p.offset().wrapping_add(8)), forge(p.offset() ^ 4)] {
             sink ^= heap.get(q).map_or(0, |v| *v);
             sink ^= heap.get_checked(q).map_or(0, |v| *v);
         }
@@ -349,8 +379,8 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
     for &s in &made.slices {
         for t in [
             s,
-            RelSlice::from_raw_parts(s.offset(), s.len() as u64 * 1000),
-            RelSlice::from_raw_parts(s.offset(), u64::MAX),
+            forge_slice(s.offset(), s.len() as u64 * 1000),
+            forge_slice(s.offset(), u64::MAX),
         ] {
             sink ^= heap
                 .get_slice(t)
@@ -358,6 +388,57 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
         }
     }
     std::hint::black_box(sink);
+
+    // Typed reads as types the blocks were not made as: whatever the
+    // scribbles did, never a reference (exit 4).
+    let wrong = |what: &str, ok: bool| {
+        if ok {
+            say(format!("{what} resolved as a type it was not made as"));
+        }
+        ok
+    };
+    for &p in &made.values {
+        let off = p.offset();
+        if wrong("a u64 block", heap.get(forge::<AtomicU64>(off)).is_ok())
+            || wrong("a u64 block", heap.get(forge::<i64>(off)).is_ok())
+            || wrong(
+                "a u64 block",
+                heap.get_slice(forge_slice::<u64>(off, 1)).is_ok(),
+            )
+        {
+            return 4;
+        }
+    }
+    for &s in &made.slices {
+        let off = s.offset();
+        if wrong("a [u8] block", heap.get(forge::<u8>(off)).is_ok())
+            || wrong("a [u8] block", heap.get(forge::<u64>(off)).is_ok())
+            || wrong(
+                "a [u8] block",
+                heap.get_slice(forge_slice::<i8>(off, 1)).is_ok(),
+            )
+        {
+            return 4;
+        }
+    }
+    for &(p, _) in made.raw.iter().chain(&made.freed) {
+        let off = p.offset();
+        if wrong("an untyped block", heap.get(forge::<u8>(off)).is_ok())
+            || wrong("an untyped block", heap.get(forge::<u64>(off)).is_ok())
+        {
+            return 4;
+        }
+    }
+    for n in &made.names {
+        if let Ok(p) = heap.find::<AtomicU64>(n) {
+            if wrong(
+                "an AtomicU64 object",
+                heap.get(forge::<u64>(p.offset())).is_ok(),
+            ) {
+                return 4;
+            }
+        }
+    }
 
     // Named objects: find, wrong type, init new ones, remove some.
     for n in &made.names {
@@ -381,14 +462,20 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
     // Frees of what the parent made (double frees, wrong layouts,
     // pointers the scribbling may have made foreign) and of random offsets.
     for &(p, l) in made.raw.iter().chain(&made.freed) {
-        let _ = heap.free(p, l);
-        let _ = heap.free(p, Layout::from_size_align(l.size() + 5000, 8).unwrap());
+        let _ = free(&heap, p, l);
+        let _ = free(
+            &heap,
+            p,
+            Layout::from_size_align(l.size() + 5000, 8).unwrap(),
+        );
     }
     for &p in &made.values {
-        let _ = heap.delete(p);
+        // SAFETY: as in forge(): no reference into the block is alive here.
+        let _ = unsafe { heap.delete(p) };
     }
     for &s in &made.slices {
-        let _ = heap.delete_slice(s);
+        // SAFETY: as above.
+        let _ = unsafe { heap.delete_slice(s) };
     }
     for _ in 0..20 {
         let off = match rng.below(3) {
@@ -396,9 +483,9 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
             1 => map.arena_start + rng.below(map.arena_end - map.arena_start),
             _ => rng.below(map.size + 64),
         };
-        let _ = heap.free(RelPtr::from_offset(off), random_layout(&mut rng));
-        let _ = heap.get_checked(RelPtr::<u64>::from_offset(off));
-        let _ = heap.get_slice(RelSlice::<u32>::from_raw_parts(off, rng.below(1 << 20)));
+        let _ = free(&heap, forge(off), random_layout(&mut rng));
+        let _ = heap.get_checked(forge::<u64>(off));
+        let _ = heap.get_slice(forge_slice::<u32>(off, rng.below(1 << 20)));
     }
 
     // From here on the child allocates and claims what it gets.
@@ -457,9 +544,11 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
             let (off, l, kind) = mine.swap_remove(rng.below(mine.len() as u64) as usize);
             owned.release(off);
             let _ = match kind {
-                0 => heap.delete(RelPtr::<u64>::from_offset(off)),
-                1 => heap.delete_slice(RelSlice::<u8>::from_raw_parts(off, l.size() as u64)),
-                _ => heap.free(RelPtr::from_offset(off), l),
+                // SAFETY: the child's own block; it made no reference to it.
+                0 => unsafe { heap.delete(forge::<u64>(off)) },
+                // SAFETY: as above.
+                1 => unsafe { heap.delete_slice(forge_slice::<u8>(off, l.size() as u64)) },
+                _ => free(&heap, forge(off), l),
             };
         }
     }
@@ -472,7 +561,8 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
             if rng.chance(3) && !held.is_empty() {
                 let (p, l): (RelPtr<u8>, Layout) = held.swap_remove(0);
                 owned.release(p.offset());
-                let _ = cache.free(p, l);
+                // SAFETY: the child's own untyped block, never read.
+                let _ = unsafe { cache.free(p, l) };
             } else {
                 let l = Layout::from_size_align(rng.in_range(1, 600) as usize, 8).unwrap();
                 if let Ok(p) = cache.alloc(l) {
@@ -487,7 +577,7 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
 
     // Everything the child still owns is its own: free it all.
     for (off, l, _) in mine {
-        let _ = heap.free(RelPtr::from_offset(off), l);
+        let _ = free(&heap, forge(off), l);
     }
     let _ = heap.stats();
     let _ = heap.check();
@@ -565,6 +655,7 @@ fn round(index: u64) -> Result<(), String> {
         Ok(0) => Ok(()),
         Ok(2) => fail("an allocation outside the arena (exit 2)".to_owned()),
         Ok(3) => fail("a block handed out twice (exit 3)".to_owned()),
+        Ok(4) => fail("a block resolved as a type it was not made as (exit 4)".to_owned()),
         Ok(101) => fail("the library panicked (exit 101)".to_owned()),
         Ok(code) if code > 128 => fail(format!("killed by signal {}", code - 128)),
         Ok(code) => fail(format!("exit code {code}")),
@@ -573,7 +664,7 @@ fn round(index: u64) -> Result<(), String> {
 }
 
 #[test]
-fn scribbled_segments_give_errors_never_crashes_hangs_or_shared_blocks() {
+fn scribbled_segments_give_errors_never_crashes_hangs_shared_blocks_or_wrong_types() {
     let started = Instant::now();
     let only: Option<u64> = std::env::var("ADVERSARIAL_ROUND")
         .ok()

@@ -10,6 +10,20 @@ use std::time::Duration;
 use shmutils::{Error, HeapCache, RelSlice, Segment, SharedHeap};
 use shmutils_workspace::{fork, Child, ShmName};
 
+/// A pointer made from a number (as a peer could write one).
+fn forge<T>(off: u64) -> shmutils::RelPtr<T> {
+    // SAFETY: the tests resolve and free forged pointers only where the
+    // heap must refuse them, or where they name the test's own blocks.
+    unsafe { shmutils::RelPtr::from_offset(off) }
+}
+
+/// `heap.free` of the test's own untyped blocks (never read), or of
+/// pointers the heap must refuse.
+fn free(heap: SharedHeap<'_>, p: shmutils::RelPtr<u8>, l: Layout) -> shmutils::Result<()> {
+    // SAFETY: as documented above: nothing refers into these blocks.
+    unsafe { heap.free(p, l) }
+}
+
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
@@ -25,24 +39,53 @@ fn pattern(buf: &mut [u8], n: usize, owner: u64, seq: u64) {
     buf[head..n].fill((seq as u8) ^ (owner as u8) ^ 0x5a);
 }
 
-/// Allocates and frees through the shared path or a [`HeapCache`].
+/// Allocates and frees through the shared path (typed slices) or a
+/// [`HeapCache`] (untyped blocks written and read through raw pointers).
 enum Allocator<'s> {
     Shared(SharedHeap<'s>),
     Cached(HeapCache<'s>),
 }
 
+/// A block a process holds: where, how many bytes, and its tag.
+type Held = (u64, usize, u64);
+
 impl Allocator<'_> {
-    fn new_slice(&mut self, bytes: &[u8]) -> shmutils::Result<RelSlice<u8>> {
+    fn put(&mut self, bytes: &[u8]) -> shmutils::Result<u64> {
         match self {
-            Allocator::Shared(h) => h.new_slice(bytes),
-            Allocator::Cached(c) => c.new_slice(bytes),
+            Allocator::Shared(h) => h.new_slice(bytes).map(|s| s.offset()),
+            Allocator::Cached(c) => {
+                let p = c.alloc(Layout::array::<u8>(bytes.len()).unwrap())?;
+                let dst = c.heap().as_ptr(p)?;
+                // SAFETY: a block just allocated to this process, at least
+                // bytes.len() long; nothing else can reach it.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+                Ok(p.offset())
+            }
         }
     }
 
-    fn delete_slice(&mut self, s: RelSlice<u8>) -> shmutils::Result<()> {
+    /// Whether the block still holds `want`; then frees it.
+    fn take(&mut self, off: u64, want: &[u8]) -> Result<bool, Error> {
+        let n = want.len() as u64;
         match self {
-            Allocator::Shared(h) => h.delete_slice(s),
-            Allocator::Cached(c) => c.delete_slice(s),
+            Allocator::Shared(h) => {
+                // SAFETY: a slice this process made; it only reads it here.
+                let s = unsafe { RelSlice::<u8>::from_raw_parts(off, n) };
+                let same = h.get_slice(s)? == want;
+                // SAFETY: the reference above is dead; the block is ours.
+                unsafe { h.delete_slice(s) }?;
+                Ok(same)
+            }
+            Allocator::Cached(c) => {
+                // SAFETY: a block this process allocated and still owns.
+                let p = unsafe { shmutils::RelPtr::<u8>::from_offset(off) };
+                let src = c.heap().as_ptr(p)?;
+                // SAFETY: the block is ours, n bytes long, written by put().
+                let same = unsafe { std::slice::from_raw_parts(src, want.len()) } == want;
+                // SAFETY: no reference into the block outlives this line.
+                unsafe { c.free(p, Layout::array::<u8>(want.len()).unwrap()) }?;
+                Ok(same)
+            }
         }
     }
 }
@@ -59,15 +102,12 @@ fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize, cache
     };
     let mut rng = 0x2545_f491_4f6c_dd1d ^ (owner + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut buf = vec![0u8; 4096];
-    let mut live: Vec<(RelSlice<u8>, u64)> = Vec::with_capacity(max_live);
-    let check = |alloc: &mut Allocator<'_>, buf: &mut Vec<u8>, s: RelSlice<u8>, seq: u64| {
-        pattern(buf, s.len(), owner, seq);
-        match heap.get_slice(s) {
-            Ok(got) if got == &buf[..s.len()] => match alloc.delete_slice(s) {
-                Ok(()) => 0,
-                Err(_) => 2,
-            },
-            Ok(_) => 1,
+    let mut live: Vec<Held> = Vec::with_capacity(max_live);
+    let check = |alloc: &mut Allocator<'_>, buf: &mut Vec<u8>, (off, n, seq): Held| {
+        pattern(buf, n, owner, seq);
+        match alloc.take(off, &buf[..n]) {
+            Ok(true) => 0,
+            Ok(false) => 1,
             Err(_) => 2,
         }
     };
@@ -76,20 +116,20 @@ fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize, cache
         if live.len() < max_live && (live.is_empty() || r % 2 == 0) {
             let n = 1 + (r >> 8) as usize % 4096;
             pattern(&mut buf, n, owner, seq);
-            match alloc.new_slice(&buf[..n]) {
-                Ok(s) => live.push((s, seq)),
+            match alloc.put(&buf[..n]) {
+                Ok(off) => live.push((off, n, seq)),
                 Err(_) => return 2,
             }
         } else {
-            let (s, was) = live.swap_remove((r >> 16) as usize % live.len());
-            let code = check(&mut alloc, &mut buf, s, was);
+            let held = live.swap_remove((r >> 16) as usize % live.len());
+            let code = check(&mut alloc, &mut buf, held);
             if code != 0 {
                 return code;
             }
         }
     }
-    for (s, was) in live {
-        let code = check(&mut alloc, &mut buf, s, was);
+    for held in live {
+        let code = check(&mut alloc, &mut buf, held);
         if code != 0 {
             return code;
         }
@@ -157,8 +197,9 @@ fn spawned_children_attach_by_name_and_publish_pointers() {
         let off = board[index].load(Ordering::Acquire);
         let len = board[8 + index].load(Ordering::Acquire);
         assert_eq!(printed, &off.to_string());
+        // SAFETY: the child printed where it put its table; it is only read.
         let table = heap
-            .get_slice(RelSlice::<RelSlice<u8>>::from_raw_parts(off, len))
+            .get_slice(unsafe { RelSlice::<RelSlice<u8>>::from_raw_parts(off, len) })
             .unwrap();
         assert_eq!(table.len(), 25);
         for (i, &item) in table.iter().enumerate() {
@@ -346,37 +387,41 @@ fn bad_input_from_any_process_is_a_typed_error() {
     let l = Layout::from_size_align(64, 8).unwrap();
     let p = heap.alloc(l).unwrap();
     let q = heap.alloc(l).unwrap();
-    heap.free(p, l).unwrap();
+    free(heap, p, l).unwrap();
     // A forked child makes every mistake on the parent's blocks.
     let child = fork(move || {
-        let double = matches!(heap.free(p, l), Err(Error::DoubleFree { .. }));
+        let double = matches!(free(heap, p, l), Err(Error::DoubleFree { .. }));
         let wrong = matches!(
-            heap.free(q, Layout::from_size_align(200, 8).unwrap()),
+            free(heap, q, Layout::from_size_align(200, 8).unwrap()),
             Err(Error::WrongLayout { block_size: 64, .. })
         );
         let foreign = matches!(
-            heap.free(shmutils::RelPtr::from_offset(q.offset() + 16), l),
+            free(heap, forge(q.offset() + 16), l),
             Err(Error::InvalidPointer { .. })
         );
         let oob = matches!(
-            heap.get(shmutils::RelPtr::<u64>::from_offset(1 << 40)),
+            heap.get(forge::<u64>(1 << 40)),
             Err(Error::OutOfBounds { .. })
         );
         let misaligned = matches!(
-            heap.get(shmutils::RelPtr::<u64>::from_offset(q.offset() + 3)),
+            heap.get(forge::<u64>(q.offset() + 3)),
             Err(Error::Misaligned { align: 8, .. })
+        );
+        let untyped = matches!(
+            heap.get(forge::<u64>(q.offset())),
+            Err(Error::TypeMismatch { .. })
         );
         let null = matches!(
             heap.get(shmutils::RelPtr::<u64>::null()),
             Err(Error::InvalidPointer { offset: 0, .. })
         );
-        i32::from(!(double && wrong && foreign && oob && misaligned && null))
+        i32::from(!(double && wrong && foreign && oob && misaligned && null && untyped))
     });
     assert_eq!(child.wait(), 0);
     // Nothing was disturbed: q is still allocated, p still free.
     assert!(heap.is_allocated(q.offset(), l));
     assert!(!heap.is_allocated(p.offset(), l));
-    heap.free(q, l).unwrap();
+    free(heap, q, l).unwrap();
     let r = heap.check();
     assert!(r.is_clean(), "{r}");
 }

@@ -196,6 +196,12 @@ pub enum Error {
         /// The type recorded in the segment.
         found: String,
     },
+    /// Every entry of the segment's type table is taken: the segment holds
+    /// values of too many different types.
+    TypeTableFull {
+        /// How many types a segment records.
+        capacity: usize,
+    },
     /// Every entry of the named-object directory is taken.
     DirectoryFull {
         /// How many named objects a heap holds.
@@ -228,7 +234,8 @@ pub enum Error {
         /// The fingerprint the handle carries.
         found_fingerprint: u64,
     },
-    /// A handle's object is no longer allocated (it was freed).
+    /// The object a pointer or handle names is no longer allocated (its block
+    /// is free).
     FreedObject {
         /// The object's offset in the segment.
         offset: u64,
@@ -348,6 +355,10 @@ impl fmt::Display for Error {
                 f,
                 "{object} has the wrong type: expected {expected}, found {found}"
             ),
+            Error::TypeTableFull { capacity } => write!(
+                f,
+                "the segment's type table is full: it records at most {capacity} types"
+            ),
             Error::DirectoryFull { capacity } => write!(
                 f,
                 "the named-object directory is full: it holds at most {capacity} names"
@@ -367,7 +378,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::FreedObject { offset, reason } => {
-                write!(f, "the handle's object at {offset:#x} was freed: {reason}")
+                write!(f, "the object at {offset:#x} was freed: {reason}")
             }
             Error::Lock(e) => write!(f, "lock: {e}"),
         }

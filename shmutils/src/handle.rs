@@ -328,32 +328,34 @@ impl<'s> SharedHeap<'s> {
     /// # Errors
     /// [`Error::InvalidArgument`] for a heap that is not in a named segment
     /// (an anonymous one cannot be opened by another process); the errors of
-    /// [`get_checked`](SharedHeap::get_checked) if `ptr` is not a live
-    /// object of this heap.
+    /// [`get`](SharedHeap::get) if `ptr` is not a published `T` of this
+    /// heap.
     pub fn handle<T: Shared>(&self, ptr: RelPtr<T>) -> Result<Handle<T>> {
         let (Some(name), Some(id)) = (self.segment_name(), self.segment_id()) else {
             return Err(Error::InvalidArgument {
                 what: "handles need a named segment; this heap's segment is anonymous".to_owned(),
             });
         };
-        self.get_checked(ptr)?;
+        self.get(ptr)?;
         Handle::new(name, id, ptr.offset())
     }
 
     /// Resolves a handle made by [`handle`](Self::handle) in any process.
     ///
-    /// Checks, in this order: the segment (name and random id), the type
-    /// (fingerprint), bounds and alignment, and that the object's block is
-    /// still allocated.
+    /// Checks, in this order: the segment (name and random id), the
+    /// handle's type (fingerprint), then everything [`get`](SharedHeap::get)
+    /// checks: bounds, alignment, that the block is allocated, published
+    /// and holds a `T`.
     ///
-    /// A block freed and then allocated again for another object passes the
-    /// last check: the heap keeps no generation per block.
+    /// A block freed and then allocated again for another `T` passes: the
+    /// heap keeps no generation per block.
     ///
     /// # Errors
     /// [`Error::WrongSegment`], [`Error::HandleTypeMismatch`], the errors of
     /// [`get`](SharedHeap::get) ([`Error::InvalidPointer`],
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`]), and
-    /// [`Error::FreedObject`] — each its own variant.
+    /// [`Error::OutOfBounds`], [`Error::Misaligned`],
+    /// [`Error::FreedObject`], [`Error::TypeMismatch`]) — each its own
+    /// variant.
     pub fn resolve<T: Shared>(&self, handle: &Handle<T>) -> Result<&'s T> {
         let (name, id) = (
             self.segment_name().unwrap_or(""),
@@ -372,12 +374,7 @@ impl<'s> SharedHeap<'s> {
             });
         }
         handle.check_type()?;
-        let ptr = RelPtr::<T>::from_offset(handle.offset());
-        self.get(ptr)?;
-        self.get_checked(ptr).map_err(|e| match e {
-            Error::InvalidPointer { offset, reason } => Error::FreedObject { offset, reason },
-            e => e,
-        })
+        self.get(RelPtr::<T>::from_heap(handle.offset()))
     }
 }
 

@@ -66,7 +66,7 @@ pub mod shm;
 
 pub use error::{Error, Result};
 pub use handle::Handle;
-pub use heap::{CheckReport, HeapCache, HeapStats, SharedHeap};
+pub use heap::{CheckReport, HeapCache, HeapStats, SharedBox, SharedHeap, TypeRecord};
 pub use lock::{
     Condvar, Lock, LockError, LockGuard, LockResult, RLock, RLockGuard, RawLock, RawRLock,
     WaitTimeoutResult,

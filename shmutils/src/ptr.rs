@@ -24,11 +24,17 @@ use crate::shared::{Fingerprint, Shared};
 /// stored in shared memory (e.g. a linked list `struct Node { next:
 /// RelPtr<Node> }`).
 ///
+/// Pointers come from the heap (`heap.new(value)`) or out of the segment;
+/// making one from a number or casting it to another type is `unsafe`,
+/// and every resolution checks the block's type anyway.
+///
 /// ```
-/// use shmutils::RelPtr;
-/// let p: RelPtr<u64> = RelPtr::from_offset(4096);
-/// assert_eq!(p.offset(), 4096);
+/// use shmutils::{RelPtr, Segment};
+/// let seg = Segment::anonymous(1 << 20)?;
+/// let p: RelPtr<u64> = seg.heap().new(1923)?;
+/// assert_eq!(*seg.heap().get(p)?, 1923);
 /// assert!(RelPtr::<u64>::null().is_null());
+/// # Ok::<(), shmutils::Error>(())
 /// ```
 #[repr(C)]
 pub struct RelPtr<T> {
@@ -41,12 +47,28 @@ pub struct RelPtr<T> {
 impl<T> RelPtr<T> {
     /// The null pointer (offset 0).
     pub const fn null() -> Self {
-        RelPtr::from_offset(0)
+        RelPtr::from_heap(0)
     }
 
-    /// A pointer to the byte at `off` from the segment's start. Nothing is
-    /// checked until it is resolved.
-    pub const fn from_offset(off: u64) -> Self {
+    /// A pointer the heap made (crate-internal: no forging needed).
+    pub(crate) const fn from_heap(off: u64) -> Self {
+        RelPtr {
+            offset: off,
+            _type: PhantomData,
+        }
+    }
+
+    /// A pointer to the byte at `off` from the segment's start (a forged
+    /// pointer). Resolution checks it like any other: a wrong offset or
+    /// type is an `Err`, never a wrong reference.
+    ///
+    /// # Safety
+    /// The caller asserts that `off` is where a `T` was allocated in the
+    /// segment the pointer will be used with. Code that frees memory
+    /// ([`SharedHeap::delete`](crate::SharedHeap::delete)) relies on its
+    /// pointers naming the objects it owns, which a forged pointer may not;
+    /// forging is therefore an explicit, reviewable step.
+    pub const unsafe fn from_offset(off: u64) -> Self {
         RelPtr {
             offset: off,
             _type: PhantomData,
@@ -63,10 +85,14 @@ impl<T> RelPtr<T> {
         self.offset
     }
 
-    /// The same offset, typed as a pointer to `U` (checked again when
-    /// resolved).
-    pub fn cast<U>(self) -> RelPtr<U> {
-        RelPtr::from_offset(self.offset)
+    /// The same offset, typed as a pointer to `U`. Resolving it checks the
+    /// block's type again, so a wrong cast is an `Err` when resolved.
+    ///
+    /// # Safety
+    /// As [`from_offset`](Self::from_offset): the caller asserts that a `U`
+    /// was allocated at this offset.
+    pub const unsafe fn cast<U>(self) -> RelPtr<U> {
+        RelPtr::from_heap(self.offset)
     }
 }
 
@@ -110,10 +136,13 @@ impl<T> fmt::Debug for RelPtr<T> {
 /// bit pattern. The empty slice has offset 0 and length 0.
 ///
 /// ```
-/// use shmutils::RelSlice;
-/// let s: RelSlice<u8> = RelSlice::from_raw_parts(8192, 6);
-/// assert_eq!((s.offset(), s.len()), (8192, 6));
+/// use shmutils::{RelSlice, Segment};
+/// let seg = Segment::anonymous(1 << 20)?;
+/// let s: RelSlice<u8> = seg.heap().new_slice(b"Autumn")?;
+/// assert_eq!(s.len(), 6);
+/// assert_eq!(seg.heap().get_slice(s)?, b"Autumn");
 /// assert!(RelSlice::<u8>::empty().is_empty());
+/// # Ok::<(), shmutils::Error>(())
 /// ```
 #[repr(C)]
 pub struct RelSlice<T> {
@@ -125,12 +154,25 @@ pub struct RelSlice<T> {
 impl<T> RelSlice<T> {
     /// The empty slice (offset 0, length 0).
     pub const fn empty() -> Self {
-        RelSlice::from_raw_parts(0, 0)
+        RelSlice::from_heap(0, 0)
+    }
+
+    /// A slice the heap made (crate-internal: no forging needed).
+    pub(crate) const fn from_heap(off: u64, len: u64) -> Self {
+        RelSlice {
+            offset: off,
+            len,
+            _type: PhantomData,
+        }
     }
 
     /// A slice of `len` elements starting `off` bytes from the segment's
-    /// start. Nothing is checked until it is resolved.
-    pub const fn from_raw_parts(off: u64, len: u64) -> Self {
+    /// start (a forged slice). Resolution checks it like any other.
+    ///
+    /// # Safety
+    /// As [`RelPtr::from_offset`]: the caller asserts that `len` `T`s were
+    /// allocated as a slice at this offset.
+    pub const unsafe fn from_raw_parts(off: u64, len: u64) -> Self {
         RelSlice {
             offset: off,
             len,
@@ -154,9 +196,10 @@ impl<T> RelSlice<T> {
         self.offset
     }
 
-    /// A pointer to the first element.
+    /// A pointer to the first element (it resolves only as part of the
+    /// slice: a slice's block holds a `[T]`, not a `T`).
     pub fn as_ptr(&self) -> RelPtr<T> {
-        RelPtr::from_offset(self.offset)
+        RelPtr::from_heap(self.offset)
     }
 }
 
@@ -259,7 +302,8 @@ mod tests {
         let p: RelPtr<u32> = RelPtr::null();
         assert!(p.is_null());
         assert_eq!(p, RelPtr::default());
-        let q = RelPtr::<u32>::from_offset(64).cast::<u8>();
+        // SAFETY: test of the arithmetic only; never resolved.
+        let q = unsafe { RelPtr::<u32>::from_offset(64).cast::<u8>() };
         assert_eq!(q.offset(), 64);
         assert!(!q.is_null());
         assert_eq!(format!("{q:?}"), "RelPtr(0x40)");
@@ -274,10 +318,12 @@ mod tests {
 
     #[test]
     fn slices() {
-        let s = RelSlice::<u64>::from_raw_parts(128, 3);
+        // SAFETY: test of the accessors only; never resolved.
+        let s = unsafe { RelSlice::<u64>::from_raw_parts(128, 3) };
         assert_eq!(s.len(), 3);
         assert_eq!(s.as_ptr().offset(), 128);
         assert!(RelSlice::<u64>::empty().is_empty());
-        assert_ne!(s, RelSlice::from_raw_parts(128, 4));
+        // SAFETY: as above.
+        assert_ne!(s, unsafe { RelSlice::from_raw_parts(128, 4) });
     }
 }

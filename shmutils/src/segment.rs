@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::heap::layout::Geometry;
-use crate::heap::SharedHeap;
+use crate::heap::{SharedHeap, TypeCache};
 use crate::mmap::{MapFlags, MapProtections, MappedMemory};
 use crate::shm::{shm_unlink, Mode, ShmFd};
 use crate::sys;
@@ -73,6 +73,8 @@ pub struct Segment {
     id: u64,
     creator_pid: u32,
     geo: Geometry,
+    /// This process's validated copy of the segment's type table.
+    types: TypeCache,
     created: bool,
     /// `Some(fork generation)` of the process that asked to unlink on
     /// drop: a forked child's copy of the `Segment` leaves the name alone.
@@ -317,16 +319,18 @@ impl Segment {
         }
         let creator_pid = h.creator_pid.load(Ordering::Relaxed);
         let base = NonNull::new(map.as_ptr()).ok_or_else(|| corrupt("mapped at 0".to_owned()))?;
+        let types = TypeCache::new();
         // SAFETY: the mapping is live, read-write and page-aligned; the view
         // is dropped at once (only the validated geometry is kept).
-        let geo =
-            unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, None, None)? }.geometry();
+        let geo = unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None)? }
+            .geometry();
         Ok(Segment {
             map,
             name,
             id,
             creator_pid,
             geo,
+            types,
             created,
             unlink_on_drop: None,
         })
@@ -335,13 +339,20 @@ impl Segment {
     /// The heap inside the segment: a cheap view, valid while the segment
     /// lives.
     pub fn heap(&self) -> SharedHeap<'_> {
-        // SAFETY: MappedMemory::as_ptr comes from a NonNull. `geo` was validated against this mapping when the segment
-        // was made; the mapping lives as long as the borrow of self, is
-        // read-write and page-aligned, and everything in it is reached
-        // through atomics and Shared types.
+        // SAFETY: MappedMemory::as_ptr comes from a NonNull. `geo` was
+        // validated against this mapping when the segment was made; the
+        // mapping and the type cache live as long as the borrow of self;
+        // the mapping is read-write and page-aligned, and everything in it
+        // is reached through atomics and blocks the heap checked.
         unsafe {
             let base = NonNull::new_unchecked(self.map.as_ptr());
-            SharedHeap::from_parts(base, self.geo, self.name.as_deref(), Some(self.id))
+            SharedHeap::from_parts(
+                base,
+                self.geo,
+                &self.types,
+                self.name.as_deref(),
+                Some(self.id),
+            )
         }
     }
 

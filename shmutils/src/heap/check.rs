@@ -1,12 +1,15 @@
 //! [`SharedHeap::stats`] and [`SharedHeap::check`]: walks of every
-//! structure that trust nothing they read.
+//! structure that trust nothing they read, using memory proportional to
+//! what is allocated and free, not to the segment's size.
 
 use std::alloc::Layout;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::Ordering;
 
-use super::class::{block_size, blocks_per_span, class_of, span_pages, GRANULE, NCLASSES, PAGE};
+use super::class::{block_size, blocks_per_span, class_of, span_pages, NCLASSES, NSMALL, PAGE};
 use super::layout::NSHARDS;
+use super::meta::{self, Meta};
 use super::stack::head_offset;
 use super::{Block, SharedHeap};
 
@@ -45,8 +48,9 @@ pub struct HeapStats {
 
 /// What [`SharedHeap::check`] found.
 ///
-/// Blocks are **allocated** (bitmap bit set), **free** (on a free list), or
-/// **leaked**: carved but neither, which is what a process killed in the
+/// Blocks are **allocated** (their meta word says so; this includes blocks
+/// a `SharedBox` owns), **free** (on a free list), or **leaked**: carved but
+/// neither, which is what a process killed in the
 /// middle of `alloc` or `free` leaves behind (also a live process in the
 /// middle of one, if the check runs concurrently). Leaks are not
 /// corruption; `corruption` lists only states no sequence of crashes can
@@ -121,283 +125,277 @@ impl Span {
             index: i,
         }
     }
-}
 
-/// One bit per granule of the arena.
-struct BitSet(Vec<u64>);
-
-impl BitSet {
-    fn new(bits: u64) -> BitSet {
-        BitSet(vec![0; bits.div_ceil(64) as usize])
-    }
-
-    /// Sets bit `i`; returns whether it was set before.
-    fn insert(&mut self, i: u64) -> bool {
-        let (w, m) = ((i / 64) as usize, 1u64 << (i % 64));
-        let was = self.0[w] & m != 0;
-        self.0[w] |= m;
-        was
-    }
-
-    fn contains(&self, i: u64) -> bool {
-        self.0[(i / 64) as usize] & (1u64 << (i % 64)) != 0
+    /// Its block `i`'s meta word, decoded.
+    fn meta(&self, heap: &SharedHeap<'_>, i: u64) -> Meta {
+        let b = self.block(heap, i);
+        heap.meta_word(b).map_or(Meta::Corrupt, |w| {
+            meta::decode(w.load(Ordering::Acquire), b.start)
+        })
     }
 }
 
-impl SharedHeap<'_> {
-    /// The bump counter, clamped to the arena (reports a bad one).
-    fn carved_pages(&self, corruption: &mut Vec<String>) -> u64 {
-        let bump = self.header().bump.load(Ordering::Acquire);
-        if bump > self.geo.arena_pages {
+fn carved_pages(heap: &SharedHeap<'_>, corruption: &mut Vec<String>) -> u64 {
+    let bump = heap.header().bump.load(Ordering::Acquire);
+    if bump > heap.geo.arena_pages {
+        corruption.push(format!(
+            "bump counter: expected at most {} pages, found {bump}",
+            heap.geo.arena_pages
+        ));
+    }
+    bump.min(heap.geo.arena_pages)
+}
+
+/// The complete spans of the carved pages; counts the pages of spans left
+/// half-published by a crash.
+fn spans(heap: &SharedHeap<'_>, corruption: &mut Vec<String>, unpublished: &mut u64) -> Vec<Span> {
+    let carved = carved_pages(heap, corruption);
+    let mut spans = Vec::new();
+    let mut p = 0;
+    while p < carved {
+        let e = heap.page_entry(p);
+        let cls = (e >> 24) as usize;
+        if e == 0 {
+            *unpublished += 1;
+            p += 1;
+            continue;
+        }
+        if cls == 0 || cls > NCLASSES || e & 0xff_ffff != 0 {
             corruption.push(format!(
-                "bump counter: expected at most {} pages, found {bump}",
-                self.geo.arena_pages
+                "page {p}: expected the first page of a span, found page map entry {e:#x}"
             ));
+            p += 1;
+            continue;
         }
-        bump.min(self.geo.arena_pages)
-    }
-
-    /// Complete spans below the bump counter; counts incomplete pages.
-    fn spans(&self, corruption: &mut Vec<String>, unpublished: &mut u64) -> Vec<Span> {
-        let carved = self.carved_pages(corruption);
-        let mut spans = Vec::new();
-        let mut p = 0;
-        while p < carved {
-            let e = self.page_entry(p);
-            let cls = (e >> 24) as usize;
-            if e == 0 {
-                *unpublished += 1;
-                p += 1;
-                continue;
-            }
-            if cls == 0 || cls > NCLASSES || e & 0xff_ffff != 0 {
-                corruption.push(format!(
-                    "page {p}: expected the first page of a span, found page map entry {e:#x}"
-                ));
-                p += 1;
-                continue;
-            }
-            let c = cls - 1;
-            let pages = span_pages(c);
-            let mut complete = p + pages <= carved;
-            for i in 1..pages.min(carved - p) {
-                let want = ((c as u32 + 1) << 24) | i as u32;
-                match self.page_entry(p + i) {
-                    x if x == want => {}
-                    // The carver died before finishing the page map.
-                    0 => complete = false,
-                    x => {
-                        complete = false;
-                        corruption.push(format!(
-                            "page {}: expected page map entry {want:#x} (page {i} of a span), found {x:#x}",
-                            p + i
-                        ));
-                    }
-                }
-            }
-            if complete {
-                spans.push(Span {
-                    class: c,
-                    first_page: p,
-                });
-            } else {
-                *unpublished += pages.min(carved - p);
-            }
-            p += pages;
-        }
-        for q in carved..self.geo.arena_pages {
-            let e = self.page_entry(q);
-            if e != 0 {
-                corruption.push(format!(
-                    "page {q} lies beyond the carved pages but has page map entry {e:#x}"
-                ));
-                break;
-            }
-        }
-        spans
-    }
-
-    /// Figures about the heap: bytes in use, free, the high-water mark and
-    /// each class. Walks the page map and bitmap (cost proportional to the
-    /// carved memory); exact when no process is allocating meanwhile.
-    pub fn stats(&self) -> HeapStats {
-        let (mut ignored, mut unpublished) = (Vec::new(), 0);
-        let spans = self.spans(&mut ignored, &mut unpublished);
-        let mut classes: Vec<ClassStats> = (0..NCLASSES)
-            .map(|c| ClassStats {
-                block_size: block_size(c),
-                spans: 0,
-                blocks: 0,
-                in_use: 0,
-            })
-            .collect();
-        for span in &spans {
-            let c = span.class;
-            let n = blocks_per_span(c);
-            let in_use = (0..n).filter(|&i| self.is_set(span.block(self, i))).count() as u64;
-            let cs = &mut classes[c];
-            cs.spans += 1;
-            cs.blocks += n;
-            cs.in_use += in_use;
-        }
-        let in_use_bytes = classes.iter().map(|c| c.in_use * c.block_size).sum();
-        HeapStats {
-            arena_bytes: self.geo.arena_bytes(),
-            high_water_bytes: self.carved_pages(&mut ignored) * PAGE,
-            in_use_bytes,
-            in_use_blocks: classes.iter().map(|c| c.in_use).sum(),
-            free_bytes: self.geo.arena_bytes() - in_use_bytes,
-            named_objects: self.directory_census().0,
-            classes: classes.into_iter().filter(|c| c.spans > 0).collect(),
-        }
-    }
-
-    /// Walks every structure of the heap (page map, free lists with cycle
-    /// detection, allocation bitmap, directory) and reports what it finds,
-    /// telling leaked blocks (a crashed process's) from corruption. Never
-    /// fails and never trusts what it reads: every offset is checked before
-    /// use and every walk is bounded.
-    ///
-    /// Exact when no process is allocating or freeing meanwhile; run
-    /// concurrently, it may report blocks in flight as leaked (or, rarely,
-    /// a list that moved under it as inconsistent).
-    pub fn check(&self) -> CheckReport {
-        let mut r = CheckReport::default();
-        let spans = self.spans(&mut r.corruption, &mut r.unpublished_pages);
-        let mut blocks_of = vec![0u64; NCLASSES];
-        for s in &spans {
-            blocks_of[s.class] += blocks_per_span(s.class);
-        }
-        let granule = |off: u64| (off - self.geo.arena_start) / GRANULE;
-        let mut on_list = BitSet::new(self.geo.arena_bytes() / GRANULE);
-
-        // Free lists.
-        for (c, &class_blocks) in blocks_of.iter().enumerate() {
-            for shard in 0..NSHARDS {
-                let mut off = head_offset(self.head(shard, c).load(Ordering::Acquire));
-                let mut steps = 0u64;
-                let list = format!("free list of {}-byte blocks (shard {shard})", block_size(c));
-                while off != 0 {
-                    let b = match self.locate(off) {
-                        Ok(b) if b.class == c && b.start == off => b,
-                        Ok(b) => {
-                            r.corruption.push(format!(
-                                "{list}: expected a block of its class, found {off:#x} (a {}-byte class block starting at {:#x})",
-                                block_size(b.class),
-                                b.start
-                            ));
-                            break;
-                        }
-                        Err(why) => {
-                            r.corruption
-                                .push(format!("{list}: expected a block, found {off:#x}: {why}"));
-                            break;
-                        }
-                    };
-                    steps += 1;
-                    if steps > class_blocks {
-                        r.corruption.push(format!(
-                            "{list}: longer than the class's {class_blocks} blocks (a cycle)"
-                        ));
-                        break;
-                    }
-                    if on_list.insert(granule(off)) {
-                        r.corruption.push(format!(
-                            "{list}: block {off:#x} is listed twice (a cycle or shared tail)"
-                        ));
-                        break;
-                    }
-                    if self.is_set(b) {
-                        r.corruption.push(format!(
-                            "{list}: block {off:#x} is on a free list and marked allocated"
-                        ));
-                    }
-                    r.free_blocks += 1;
-                    let next = self.link(off).map_or(0, |l| l.load(Ordering::Relaxed));
-                    if next > 0xffff_ffff {
-                        r.corruption.push(format!(
-                            "{list}: block {off:#x} links to {next:#x}, not a block index"
-                        ));
-                        break;
-                    }
-                    off = next * GRANULE;
-                }
-            }
-        }
-
-        // Blocks and stray bits, span by span; then bits outside spans.
-        let mut in_spans = BitSet::new(self.geo.arena_pages);
-        for s in &spans {
-            let start = self.geo.arena_start + s.first_page * PAGE;
-            let size = block_size(s.class);
-            let mut counted = 0u64;
-            for i in 0..blocks_per_span(s.class) {
-                let off = start + i * size;
-                let allocated = self.is_set(s.block(self, i));
-                counted += u64::from(allocated);
-                if allocated {
-                    r.allocated_blocks += 1;
-                } else if !on_list.contains(granule(off)) {
-                    r.leaked_blocks += 1;
-                    r.leaked_bytes += size;
-                }
-            }
-            let pages = span_pages(s.class);
-            for p in s.first_page..s.first_page + pages {
-                in_spans.insert(p);
-            }
-            let bits = self.count_bits(s.first_page, pages);
-            if bits != counted {
-                r.corruption.push(format!(
-                    "span at {start:#x} ({size}-byte blocks): expected {counted} allocation bits (at block starts), found {bits}"
-                ));
-            }
-        }
-        for p in 0..self.geo.arena_pages {
-            if !in_spans.contains(p) {
-                let start = self.geo.arena_start + p * PAGE;
-                let bits = self.count_bits(p, 1);
-                if bits != 0 {
-                    r.corruption.push(format!(
-                        "page at {start:#x} is in no span but has {bits} allocation bits set"
+        let c = cls - 1;
+        let pages = span_pages(c);
+        let mut complete = p + pages <= carved;
+        for i in 1..pages.min(carved - p) {
+            let want = ((c as u32 + 1) << 24) | i as u32;
+            match heap.page_entry(p + i) {
+                x if x == want => {}
+                0 => complete = false,
+                x => {
+                    complete = false;
+                    corruption.push(format!(
+                        "page {}: expected page map entry {want:#x} (page {i} of a span), found {x:#x}",
+                        p + i
                     ));
                 }
             }
         }
+        if complete {
+            spans.push(Span {
+                class: c,
+                first_page: p,
+            });
+        } else {
+            *unpublished += pages.min(carved - p);
+        }
+        p += pages;
+    }
+    for q in carved..heap.geo.arena_pages {
+        let e = heap.page_entry(q);
+        if e != 0 {
+            corruption.push(format!(
+                "page {q} lies beyond the carved pages but has page map entry {e:#x}"
+            ));
+            break;
+        }
+    }
+    spans
+}
 
-        // Directory.
-        r.abandoned = self.directory_census().1;
-        for e in self.directory_entries() {
-            let name = String::from_utf8_lossy(&e.name);
-            let live = usize::try_from(e.size)
-                .ok()
-                .zip(usize::try_from(e.align).ok())
-                .and_then(|(s, a)| Layout::from_size_align(s, a).ok())
-                .is_some_and(|l| class_of(l).is_some() && self.is_allocated(e.offset, l));
-            if !live {
+/// [`SharedHeap::stats`].
+pub(super) fn stats(heap: &SharedHeap<'_>) -> HeapStats {
+    let (mut ignored, mut unpublished) = (Vec::new(), 0);
+    let spans = spans(heap, &mut ignored, &mut unpublished);
+    let mut classes: Vec<ClassStats> = (0..NCLASSES)
+        .map(|c| ClassStats {
+            block_size: block_size(c),
+            spans: 0,
+            blocks: 0,
+            in_use: 0,
+        })
+        .collect();
+    for span in &spans {
+        let c = span.class;
+        let n = blocks_per_span(c);
+        let in_use = (0..n)
+            .filter(|&i| matches!(span.meta(heap, i), Meta::Allocated { .. }))
+            .count() as u64;
+        let cs = &mut classes[c];
+        cs.spans += 1;
+        cs.blocks += n;
+        cs.in_use += in_use;
+    }
+    let in_use_bytes = classes.iter().map(|c| c.in_use * c.block_size).sum();
+    HeapStats {
+        arena_bytes: heap.geo.arena_bytes(),
+        high_water_bytes: carved_pages(heap, &mut ignored) * PAGE,
+        in_use_bytes,
+        in_use_blocks: classes.iter().map(|c| c.in_use).sum(),
+        free_bytes: heap.geo.arena_bytes() - in_use_bytes,
+        named_objects: heap.directory_census().0,
+        classes: classes.into_iter().filter(|c| c.spans > 0).collect(),
+    }
+}
+
+/// Walks the free lists of class `c`, recording their blocks in `on_list`.
+fn walk_lists(
+    heap: &SharedHeap<'_>,
+    c: usize,
+    class_blocks: u64,
+    on_list: &mut HashSet<u64>,
+    r: &mut CheckReport,
+) {
+    for shard in 0..NSHARDS {
+        let mut off = head_offset(heap.head(shard, c).load(Ordering::Acquire));
+        let mut steps = 0u64;
+        let list = format!("free list of {}-byte blocks (shard {shard})", block_size(c));
+        while off != 0 {
+            let b = match heap.locate(off) {
+                Ok(b) if b.class == c && b.start == off => b,
+                Ok(b) => {
+                    r.corruption.push(format!(
+                        "{list}: expected a block of its class, found {off:#x} (a {}-byte class block starting at {:#x})",
+                        block_size(b.class),
+                        b.start
+                    ));
+                    break;
+                }
+                Err(why) => {
+                    r.corruption
+                        .push(format!("{list}: expected a block, found {off:#x}: {why}"));
+                    break;
+                }
+            };
+            steps += 1;
+            if steps > class_blocks {
                 r.corruption.push(format!(
-                    "named object {name:?}: expected an allocated block of {} bytes at {:#x}, found none",
-                    e.size, e.offset
+                    "{list}: longer than the class's {class_blocks} blocks (a cycle)"
                 ));
+                break;
+            }
+            if !on_list.insert(off) {
+                r.corruption.push(format!(
+                    "{list}: block {off:#x} is listed twice (a cycle or shared tail)"
+                ));
+                break;
+            }
+            let w = heap.meta_word(b).map_or(0, |w| w.load(Ordering::Acquire));
+            match meta::decode(w, off) {
+                Meta::Free { next } => {
+                    r.free_blocks += 1;
+                    off = next;
+                }
+                m => {
+                    r.corruption.push(format!(
+                        "{list}: block {off:#x} is on a free list but its meta word says {m:?}"
+                    ));
+                    break;
+                }
             }
         }
+    }
+}
 
-        let skipped = self.header().corrupt_events.load(Ordering::Relaxed);
-        if skipped != 0 {
+/// [`SharedHeap::check`].
+pub(super) fn check(heap: &SharedHeap<'_>) -> CheckReport {
+    let mut r = CheckReport::default();
+    let spans = spans(heap, &mut r.corruption, &mut r.unpublished_pages);
+    let mut blocks_of = vec![0u64; NCLASSES];
+    for s in &spans {
+        blocks_of[s.class] += blocks_per_span(s.class);
+    }
+    let mut on_list = HashSet::new();
+    for (c, &class_blocks) in blocks_of.iter().enumerate() {
+        walk_lists(heap, c, class_blocks, &mut on_list, &mut r);
+    }
+
+    let types = heap.type_table();
+    let mut large_first_pages = HashSet::new();
+    for s in &spans {
+        if s.class >= NSMALL {
+            large_first_pages.insert(s.first_page);
+        }
+        let size = block_size(s.class);
+        for i in 0..blocks_per_span(s.class) {
+            let off = s.block(heap, i).start;
+            match s.meta(heap, i) {
+                Meta::Allocated { ty, .. } => {
+                    r.allocated_blocks += 1;
+                    if ty != meta::RAW && types.record(ty).is_none() {
+                        r.corruption.push(format!(
+                            "block {off:#x}: its type is entry {ty}, which is not a valid type table entry"
+                        ));
+                    }
+                }
+                Meta::Free { .. } | Meta::Fresh if !on_list.contains(&off) => {
+                    r.leaked_blocks += 1;
+                    r.leaked_bytes += size;
+                }
+                Meta::Free { .. } | Meta::Fresh => {}
+                Meta::Corrupt => r.corruption.push(format!(
+                    "block {off:#x} ({size} bytes): its meta word is not a valid state"
+                )),
+            }
+        }
+    }
+    // Span words belong to the first pages of large spans only.
+    let carved = carved_pages(heap, &mut Vec::new());
+    for p in 0..carved {
+        if large_first_pages.contains(&p) {
+            continue;
+        }
+        let w = heap
+            .meta_word(Block {
+                class: NSMALL,
+                start: 0,
+                span_page: p,
+                index: 0,
+            })
+            .map_or(0, |w| w.load(Ordering::Relaxed));
+        if w != 0 {
             r.corruption.push(format!(
-                "the allocator met {skipped} corrupt free-list entries and skipped them"
+                "page {p} starts no large block but its span word holds {w:#x}"
             ));
         }
-        r
+    }
+    for (i, state) in types.damaged() {
+        if super::types::is_claim(state) {
+            r.abandoned.push(format!(
+                "type table entry {i}: being registered by thread {}",
+                state as u32
+            ));
+        } else {
+            r.corruption.push(format!(
+                "type table entry {i}: state {state:#x}, but not a valid entry"
+            ));
+        }
     }
 
-    /// Allocation bits set in the bitmap lines of `pages` pages from
-    /// `first`.
-    fn count_bits(&self, first: u64, pages: u64) -> u64 {
-        (first..first + pages)
-            .filter_map(|p| self.bitmap_line(p))
-            .flat_map(|line| line.iter())
-            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
-            .sum()
+    r.abandoned.extend(heap.directory_census().1);
+    for e in heap.directory_entries() {
+        let name = String::from_utf8_lossy(&e.name);
+        let live = usize::try_from(e.size)
+            .ok()
+            .zip(usize::try_from(e.align).ok())
+            .and_then(|(s, a)| Layout::from_size_align(s, a).ok())
+            .is_some_and(|l| class_of(l).is_some() && heap.is_allocated(e.offset, l));
+        if !live {
+            r.corruption.push(format!(
+                "named object {name:?}: expected an allocated block of {} bytes at {:#x}, found none",
+                e.size, e.offset
+            ));
+        }
     }
+
+    let skipped = heap.header().corrupt_events.load(Ordering::Relaxed);
+    if skipped != 0 {
+        r.corruption.push(format!(
+            "the allocator met {skipped} corrupt free-list entries and skipped them"
+        ));
+    }
+    r
 }

@@ -145,16 +145,44 @@ pub(crate) fn span_pages(c: usize) -> u64 {
 }
 
 /// Blocks per slab of each small class (a table: no division at run time).
+/// A slab holds its blocks from its start and their meta words (see
+/// `meta.rs`) at its tail, so `n` blocks need `n * size` bytes plus
+/// [`meta_bytes`]`(n)`.
 const BLOCKS: [u32; NSMALL] = blocks();
 
 const fn blocks() -> [u32; NSMALL] {
     let mut out = [0u32; NSMALL];
     let mut c = 0;
     while c < NSMALL {
-        out[c] = (SLAB_BYTES / SMALL[c] as u64) as u32;
+        let s = SMALL[c] as u64;
+        let mut n = SLAB_BYTES / s;
+        while n * s + meta_bytes(n) > SLAB_BYTES {
+            n -= 1;
+        }
+        out[c] = n as u32;
         c += 1;
     }
     out
+}
+
+/// Meta words are spread over [`META_STRIDE`] groups so that neighbouring
+/// blocks (often used by different processes) have their words in
+/// different cache lines: block `i`'s word is slot
+/// `(i % META_STRIDE) * ceil(n / META_STRIDE) + i / META_STRIDE`.
+pub(crate) const META_STRIDE: u64 = 8;
+
+/// Bytes of the meta area of a slab of `n` blocks.
+pub(crate) const fn meta_bytes(n: u64) -> u64 {
+    n.div_ceil(META_STRIDE) * META_STRIDE * 8
+}
+
+/// Byte offset, from the slab's start, of the meta word of block `i` of a
+/// slab of small class `c` (`i < blocks_per_span(c)`).
+#[inline]
+pub(crate) fn meta_offset(c: usize, i: u64) -> u64 {
+    let n = u64::from(BLOCKS[c]);
+    let slot = (i % META_STRIDE) * n.div_ceil(META_STRIDE) + i / META_STRIDE;
+    SLAB_BYTES - meta_bytes(n) + slot * 8
 }
 
 /// Blocks per span of class `c`.
@@ -232,6 +260,31 @@ mod tests {
         // The last class covers the largest arena (32 GiB).
         assert!(u64::from(LARGE_PAGES[NLARGE - 1]) * PAGE >= 1 << 35);
         const { assert!(NCLASSES < 255, "class + 1 must fit the page map's byte") };
+    }
+
+    #[test]
+    fn meta_words_fit_behind_the_blocks_and_never_collide() {
+        for c in 0..NSMALL {
+            let n = blocks_per_span(c);
+            let s = block_size(c);
+            assert!(n >= 15, "class {s}: only {n} blocks");
+            assert!(n * s <= SLAB_BYTES - meta_bytes(n), "class {s}");
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..n {
+                let m = meta_offset(c, i);
+                assert!(m >= n * s && m + 8 <= SLAB_BYTES, "class {s} block {i}");
+                assert!(seen.insert(m), "class {s}: two blocks share a word");
+                if i + 1 < n && n >= 64 {
+                    assert_ne!(m / 64, meta_offset(c, i + 1) / 64, "class {s} block {i}");
+                }
+            }
+        }
+        // What the meta words cost: 8 bytes a block.
+        assert_eq!(
+            blocks_per_span(class_of(Layout::new::<[u8; 64]>()).unwrap()),
+            910
+        );
+        assert_eq!(blocks_per_span(NSMALL - 1), 15);
     }
 
     #[test]

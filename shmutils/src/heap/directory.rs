@@ -13,8 +13,10 @@
 //! |---|---|---|
 //! | `EMPTY` (0) | free | `INIT(h, tid)` by CAS (claim) |
 //! | `INIT(h, tid)` | thread `tid` is making the object | `READY(h)` (it finished), `EMPTY` (it gave up, failed, or died: anyone may CAS the exact dead value to `EMPTY`) |
-//! | `READY(h)` | the object is published; fields are immutable | `REMOVING(h, tid)` by CAS |
-//! | `REMOVING(h, tid)` | `tid` is freeing the object | `EMPTY` (done, or `tid` died: CAS of the exact dead value) |
+//! | `READY(h)` | the object is published; fields are immutable | `EMPTY` by CAS (`remove`, which unlinks the name and leaves the object allocated) |
+//!
+//! Any other kind is garbage a peer wrote: scans skip it and `check`
+//! reports nothing for it but the missing name.
 //!
 //! # Exactly one initializer
 //! `find_or_init` scans for the name; if absent it claims an `EMPTY` entry,
@@ -37,7 +39,6 @@
 //! a reused id makes a waiter wait for the new thread's lifetime, never
 //! corrupts anything.
 
-use std::alloc::Layout;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -69,7 +70,6 @@ const INIT_WAIT: Duration = if cfg!(test) {
 const KIND_SHIFT: u32 = 62;
 const INIT: u64 = 1;
 const READY: u64 = 2;
-const REMOVING: u64 = 3;
 
 /// One directory entry (160 bytes, all atomics: peers may write any of it).
 #[repr(C)]
@@ -298,15 +298,6 @@ impl<'s> SharedHeap<'s> {
                 INIT if hash_of(s) == hash => {
                     busy.get_or_insert((i, s));
                 }
-                REMOVING if !sys::thread_alive(tid_of(s)) => {
-                    // The remover died: finish its release.
-                    let _ = self.entry(i).state.compare_exchange(
-                        s,
-                        0,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    );
-                }
                 _ => {}
             }
         }
@@ -344,7 +335,7 @@ impl<'s> SharedHeap<'s> {
                 found: snap.describe(),
             });
         }
-        Ok(RelPtr::from_offset(snap.offset))
+        Ok(RelPtr::from_heap(snap.offset))
     }
 
     /// The named object `name`, made by `init` if it does not exist yet.
@@ -477,7 +468,10 @@ impl<'s> SharedHeap<'s> {
             {
                 // Someone judged us dead and took the entry: undo and lose.
                 guard.armed = false;
-                self.delete(ptr)?;
+                // SAFETY: the pointer was never published (our entry did not
+                // become READY), so nobody else holds it, and we made no
+                // reference to the value.
+                unsafe { self.delete(ptr)? };
                 return Err(Error::Timeout {
                     what: format!("named object {name:?}: the entry was taken over"),
                 });
@@ -503,17 +497,16 @@ impl<'s> SharedHeap<'s> {
         }
     }
 
-    /// Removes the named object `name` **and frees its block** (with the
-    /// layout recorded in the entry). Pointers to it that others still hold
-    /// become stale (reading them is safe, see the heap docs).
+    /// Removes the name `name` from the directory. The object itself stays
+    /// allocated: others may still hold pointers to it or references from
+    /// it, so freeing it is a separate, `unsafe` step
+    /// ([`delete`](Self::delete)) for whoever knows that nobody does.
     ///
     /// # Errors
-    /// [`Error::NameNotFound`]; errors of [`free`](Self::free) if the
-    /// entry's record was corrupt (the entry is removed anyway).
+    /// [`Error::NameNotFound`]; [`Error::InvalidArgument`] for a bad name.
     pub fn remove(&self, name: &str) -> Result<()> {
         check_name(name)?;
         let hash = name_hash(name);
-        let me = sys::gettid();
         loop {
             let Scan::Ready(snap) = self.scan(name, hash) else {
                 return Err(Error::NameNotFound {
@@ -529,41 +522,22 @@ impl<'s> SharedHeap<'s> {
             }) else {
                 continue;
             };
-            let e = self.entry(i);
-            // Acquire: the fields we read next are those of the entry we
-            // take, published by its READY store.
-            if e.state
-                .compare_exchange(
-                    snap.state,
-                    state(REMOVING, hash, me),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
+            // Release: the entry is free for a new claimer, and nothing
+            // of ours is read from it afterwards.
+            if self
+                .entry(i)
+                .state
+                .compare_exchange(snap.state, 0, Ordering::Release, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
             }
-            let offset = e.offset.load(Ordering::Relaxed);
-            let (size, align) = (
-                e.size.load(Ordering::Relaxed),
-                e.align.load(Ordering::Relaxed),
-            );
-            let freed = usize::try_from(size)
-                .ok()
-                .zip(usize::try_from(align).ok())
-                .and_then(|(s, a)| Layout::from_size_align(s, a).ok())
-                .ok_or_else(|| Error::HeapCorrupt {
-                    what: format!("named object {name:?} records size {size}, align {align}"),
-                })
-                .and_then(|layout| self.free(RelPtr::from_offset(offset), layout));
-            // Release: the entry is free for a new claimer.
-            e.state.store(0, Ordering::Release);
-            return freed;
+            return Ok(());
         }
     }
 
-    /// How many entries are `READY`, and which look abandoned (`INIT` or
-    /// `REMOVING` by a dead thread), for stats and check.
+    /// How many entries are `READY`, and which look abandoned (`INIT` by a
+    /// dead thread), for stats and check.
     pub(crate) fn directory_census(&self) -> (usize, Vec<String>) {
         let mut ready = 0;
         let mut stale = Vec::new();
@@ -571,13 +545,8 @@ impl<'s> SharedHeap<'s> {
             let s = self.entry(i).state.load(Ordering::Acquire);
             match kind(s) {
                 READY => ready += 1,
-                INIT | REMOVING if !sys::thread_alive(tid_of(s)) => stale.push(format!(
-                    "directory entry {i} was left {} by thread {} that no longer exists",
-                    if kind(s) == INIT {
-                        "initializing"
-                    } else {
-                        "removing"
-                    },
+                INIT if !sys::thread_alive(tid_of(s)) => stale.push(format!(
+                    "directory entry {i} was left initializing by thread {} that no longer exists",
                     tid_of(s)
                 )),
                 _ => {}
@@ -610,7 +579,7 @@ mod tests {
     fn state_words_round_trip() {
         let s = state(INIT, 0x3abc_def0, 4242);
         assert_eq!((kind(s), hash_of(s), tid_of(s)), (INIT, 0x3abc_def0, 4242));
-        assert_eq!(kind(state(REMOVING, u32::MAX, u32::MAX)), REMOVING);
+        assert_eq!(kind(state(READY, u32::MAX, u32::MAX)), READY);
         assert_ne!(name_hash("counter"), name_hash("counters"));
     }
 
@@ -659,7 +628,12 @@ mod tests {
             heap.remove("counter"),
             Err(Error::NameNotFound { .. })
         ));
-        assert_eq!(heap.stats().in_use_bytes, 0, "remove freed the object");
+        // remove() unlinks the name only: the object stays, and freeing it
+        // is the unsafe step of whoever knows nobody uses it.
+        assert_eq!(heap.get(a).unwrap().load(Ordering::Relaxed), 7);
+        // SAFETY: no reference to the object is alive any more.
+        unsafe { heap.delete(a) }.unwrap();
+        assert_eq!(heap.stats().in_use_bytes, 0);
     }
 
     #[test]
@@ -759,7 +733,7 @@ mod tests {
             .recv_timeout(Duration::from_secs(5))
             .expect("remove() did not return: it loops on the copied entry");
         assert!(removed.is_ok(), "{removed:?}");
-        assert!(heap.get_checked(p).is_err(), "the block was freed");
+        assert!(heap.get(p).is_ok(), "the object stays allocated");
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //!            free-list heads: NCLASSES x NSHARDS AtomicU64, one per cache
 //!            line
 //! dir_off    named-object directory: DIR_CAPACITY entries of 160 B
-//! pagemap    one AtomicU32 per arena page (see `PageEntry`)
-//! bitmap     64 bytes (one cache line, 512 bits) per arena page: a
-//!            span's lines hold one "allocated" bit per block, block i of
-//!            a slab in line i % 16 (so neighbouring blocks, often used by
-//!            different processes, never share a line)
+//! types_off  type table: TYPE_CAPACITY entries of 128 B (`types.rs`)
+//! pagemap    one AtomicU32 per arena page: the class of its span and its
+//!            distance from the span's first page
+//! spans      one AtomicU64 per arena page: the meta word (`meta.rs`) of
+//!            the block of a large span starting there (small slabs keep
+//!            their blocks' meta words at their own tail)
 //! arena      page-aligned; every block lives here
 //! ```
 //!
@@ -22,12 +23,13 @@ use std::sync::atomic::AtomicU64;
 
 use super::class::{NCLASSES, PAGE, SLAB_PAGES};
 use super::directory::{DirEntry, DIR_CAPACITY};
+use super::types::{ENTRY_BYTES, TYPE_CAPACITY};
 use crate::error::{Error, Result};
 
 /// "SHMUHEAP", little-endian.
 pub(crate) const HEAP_MAGIC: u64 = u64::from_le_bytes(*b"SHMUHEAP");
 /// The heap's format version.
-pub(crate) const HEAP_VERSION: u64 = 1;
+pub(crate) const HEAP_VERSION: u64 = 2;
 /// Free-list shards per class: processes spread over them so that two of
 /// them rarely fight over one head's cache line.
 pub(crate) const NSHARDS: usize = 8;
@@ -41,7 +43,8 @@ pub(crate) const MAX_SEGMENT: u64 = 1 << 35;
 const HEADER_BYTES: u64 = 128;
 /// Bitmap bytes per arena page: one cache line, 512 bits, enough for the
 /// 8192 blocks of the smallest class spread over a slab's 16 lines.
-pub(crate) const BITMAP_BYTES_PER_PAGE: u64 = 64;
+/// Bytes of span words per arena page.
+pub(crate) const SPAN_WORD_BYTES: u64 = 8;
 
 /// The heap header. Every field is atomic because peers may write the
 /// segment at any time; fields other than `bump` and `corrupt_events` are
@@ -57,7 +60,7 @@ pub(crate) struct HeapHeader {
     pub(crate) dir_off: AtomicU64,
     pub(crate) dir_capacity: AtomicU64,
     pub(crate) pagemap_off: AtomicU64,
-    pub(crate) bitmap_off: AtomicU64,
+    pub(crate) spans_off: AtomicU64,
     pub(crate) arena_start: AtomicU64,
     pub(crate) arena_pages: AtomicU64,
     /// Pages of the arena carved into spans so far (only grows). State
@@ -67,7 +70,9 @@ pub(crate) struct HeapHeader {
     pub(crate) bump: AtomicU64,
     /// How many corrupt free-list entries the allocator has skipped.
     pub(crate) corrupt_events: AtomicU64,
-    _reserved: [AtomicU64; 3],
+    pub(crate) types_off: AtomicU64,
+    pub(crate) type_capacity: AtomicU64,
+    _reserved: [AtomicU64; 1],
 }
 
 const _: () = assert!(std::mem::size_of::<HeapHeader>() as u64 == HEADER_BYTES);
@@ -81,7 +86,8 @@ pub(crate) struct Geometry {
     pub(crate) dir_off: u64,
     pub(crate) dir_capacity: u64,
     pub(crate) pagemap_off: u64,
-    pub(crate) bitmap_off: u64,
+    pub(crate) types_off: u64,
+    pub(crate) spans_off: u64,
     pub(crate) arena_start: u64,
     pub(crate) arena_pages: u64,
 }
@@ -112,23 +118,25 @@ impl Geometry {
         }
         let heads_off = heap_off + HEADER_BYTES;
         let dir_off = heads_off + (NSHARDS * NCLASSES) as u64 * HEAD_STRIDE;
-        let pagemap_off = dir_off + DIR_CAPACITY as u64 * std::mem::size_of::<DirEntry>() as u64;
+        let types_off = dir_off + DIR_CAPACITY as u64 * std::mem::size_of::<DirEntry>() as u64;
+        let pagemap_off = types_off + TYPE_CAPACITY as u64 * ENTRY_BYTES;
         let with_pages = |n: u64| {
-            let bitmap_off = align_up(pagemap_off + 4 * n, BITMAP_BYTES_PER_PAGE);
-            let arena_start = align_up(bitmap_off + BITMAP_BYTES_PER_PAGE * n, PAGE);
+            let spans_off = align_up(pagemap_off + 4 * n, SPAN_WORD_BYTES);
+            let arena_start = align_up(spans_off + SPAN_WORD_BYTES * n, PAGE);
             Geometry {
                 total,
                 heap_off,
                 heads_off,
                 dir_off,
                 dir_capacity: DIR_CAPACITY as u64,
+                types_off,
                 pagemap_off,
-                bitmap_off,
+                spans_off,
                 arena_start,
                 arena_pages: n,
             }
         };
-        let mut n = total.saturating_sub(pagemap_off) / (PAGE + 4 + BITMAP_BYTES_PER_PAGE);
+        let mut n = total.saturating_sub(pagemap_off) / (PAGE + 4 + SPAN_WORD_BYTES);
         while n > 0 && with_pages(n).end() > total {
             n -= 1;
         }
@@ -169,7 +177,9 @@ impl Geometry {
         h.dir_off.store(self.dir_off, Relaxed);
         h.dir_capacity.store(self.dir_capacity, Relaxed);
         h.pagemap_off.store(self.pagemap_off, Relaxed);
-        h.bitmap_off.store(self.bitmap_off, Relaxed);
+        h.spans_off.store(self.spans_off, Relaxed);
+        h.types_off.store(self.types_off, Relaxed);
+        h.type_capacity.store(TYPE_CAPACITY as u64, Relaxed);
         h.arena_start.store(self.arena_start, Relaxed);
         h.arena_pages.store(self.arena_pages, Relaxed);
         h.bump.store(0, Relaxed);
@@ -182,7 +192,7 @@ impl Geometry {
     /// [`Error::HeapCorrupt`] naming the first field that differs.
     pub(crate) fn verify(&self, h: &HeapHeader) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        let fields: [(&str, &AtomicU64, u64); 11] = [
+        let fields: [(&str, &AtomicU64, u64); 13] = [
             ("version", &h.version, HEAP_VERSION),
             ("total size", &h.total, self.total),
             ("heap offset", &h.heap_off, self.heap_off),
@@ -190,7 +200,13 @@ impl Geometry {
             ("directory offset", &h.dir_off, self.dir_off),
             ("directory capacity", &h.dir_capacity, self.dir_capacity),
             ("page map offset", &h.pagemap_off, self.pagemap_off),
-            ("bitmap offset", &h.bitmap_off, self.bitmap_off),
+            ("span words offset", &h.spans_off, self.spans_off),
+            ("type table offset", &h.types_off, self.types_off),
+            (
+                "type table capacity",
+                &h.type_capacity,
+                TYPE_CAPACITY as u64,
+            ),
             ("arena start", &h.arena_start, self.arena_start),
             ("arena pages", &h.arena_pages, self.arena_pages),
             ("magic", &h.magic, HEAP_MAGIC),
@@ -218,12 +234,13 @@ mod tests {
             assert!(g.end() <= total, "{g:?}");
             assert_eq!(g.arena_start % PAGE, 0);
             assert_eq!(g.heads_off % 64, 0);
-            assert!(g.bitmap_off >= g.pagemap_off + 4 * g.arena_pages);
-            assert!(g.arena_start >= g.bitmap_off + BITMAP_BYTES_PER_PAGE * g.arena_pages);
+            assert!(g.pagemap_off >= g.types_off + TYPE_CAPACITY as u64 * ENTRY_BYTES);
+            assert!(g.spans_off >= g.pagemap_off + 4 * g.arena_pages);
+            assert!(g.arena_start >= g.spans_off + SPAN_WORD_BYTES * g.arena_pages);
             // Little is wasted: one more page would not fit.
             let again = Geometry::compute(total, 64).unwrap();
             assert_eq!(again, g);
-            assert!(total - g.end() < 2 * PAGE + 4 + BITMAP_BYTES_PER_PAGE + 64);
+            assert!(total - g.end() < 2 * PAGE + 4 + SPAN_WORD_BYTES + 64);
         }
     }
 

@@ -1,5 +1,6 @@
 //! The shared heap: a lock-free allocator that lives inside a segment and
-//! that every attached process may use at the same time.
+//! that every attached process may use at the same time. Every block knows
+//! its type, so a typed read never gives a reference of the wrong type.
 //!
 //! ```
 //! use shmutils::{RelPtr, Segment};
@@ -9,8 +10,9 @@
 //! let p: RelPtr<AtomicU64> = heap.new(AtomicU64::new(1923))?;
 //! heap.get(p)?.fetch_add(1, Ordering::SeqCst);
 //! assert_eq!(heap.get(p)?.load(Ordering::SeqCst), 1924);
-//! heap.delete(p)?;
-//! assert!(heap.check().is_clean());
+//! // SAFETY: only to show that a typed read checks the block's type.
+//! let forged: RelPtr<u64> = unsafe { p.cast() };
+//! assert!(heap.get(forged).is_err()); // the block holds an AtomicU64
 //! # Ok::<(), shmutils::Error>(())
 //! ```
 //!
@@ -18,63 +20,60 @@
 //! - Requests are rounded to a **size class**: small classes
 //!   (8 B .. 4 KiB) are blocks of 64 KiB slabs, large ones whole runs of
 //!   pages. Alignment is honoured up to 4096 bytes.
+//! - Every block has a **meta word** (`meta.rs`), kept outside the block:
+//!   free (with its free-list link) or allocated (with its type's index in
+//!   the segment's **type table**, `types.rs`, and whether a [`SharedBox`]
+//!   still owns it privately). Small slabs keep their blocks' words at
+//!   their tail; a large block's word is in the span words beside the
+//!   page map.
 //! - Each class has 8 **free lists** (shards), each a lock-free Treiber
-//!   stack whose head is one `AtomicU64` (on its own cache line) with
-//!   an ABA tag. A thread works on one shard and moves to another when it
-//!   loses a CAS race, so processes spread out instead of fighting over one
-//!   cache line; an empty shard takes blocks from the others before new
-//!   memory is carved.
+//!   stack whose head is one `AtomicU64` (on its own cache line) with an
+//!   ABA tag, linked through the meta words. A thread works on one shard
+//!   and moves to another when it loses a CAS race.
 //! - New slabs and large blocks are **carved** from the arena with a CAS on
 //!   a bump counter of pages; a **page map** (one word per page) records the
 //!   class of each carved page, so any offset leads to its block in O(1).
-//! - An **allocation bitmap** holds one "allocated" bit per block (those of
-//!   neighbouring blocks in different cache lines). Allocation sets the bit
-//!   with `fetch_or`, freeing clears it with `fetch_and`: a double free, a
-//!   pointer into the middle of a block, a foreign pointer or a layout of
-//!   another class is an `Err` and leaves the heap as it was.
 //! - **Named objects** live in a fixed directory of [`DIR_CAPACITY`]
 //!   entries, claimed by CAS ([`SharedHeap::find_or_init`]).
 //!
 //! No operation takes a lock, so no process can leave the heap blocked.
-//! Every change is a single CAS, `fetch_or` or `fetch_and`; a process killed
-//! between two of them loses at most the block it was handing out or taking
-//! back (or the slab it was carving). [`SharedHeap::check`] tells such
-//! leaked blocks apart from corruption.
+//! Every change is a single CAS or store; a process killed between two of
+//! them loses at most the block it was handing out or taking back (or the
+//! slab it was carving). [`SharedHeap::check`] tells such leaked blocks
+//! apart from corruption.
 //!
-//! - An opt-in [`HeapCache`] keeps a few freed small blocks per class in
-//!   process memory (blocks it *holds*), halving the atomic operations of
-//!   an alloc + free pair.
+//! # Ownership: who may free a block
+//! A `&T` from [`get`](SharedHeap::get) lives as long as the segment's
+//! mapping, so freeing a block that others may still read is `unsafe`
+//! ([`free`](SharedHeap::free), [`delete`](SharedHeap::delete),
+//! [`delete_slice`](SharedHeap::delete_slice)). The safe owner is
+//! [`SharedBox`]: [`new_box`](SharedHeap::new_box) makes a block only this
+//! box can reach (`DerefMut`, freed on drop), and
+//! [`into_rel`](SharedBox::into_rel) publishes it, after which only
+//! `unsafe` code frees it.
+//!
+//! # Typed reads
+//! [`get`](SharedHeap::get) and [`get_slice`](SharedHeap::get_slice) check
+//! that the pointer is the start of an allocated, published block (a slice
+//! may start at any element of one) whose type has `T`'s fingerprint. A
+//! forged or stale pointer is an `Err`, never a reference to a free block,
+//! to another type, or into the middle of a value.
 //!
 //! # Cost per block
-//! No header: a block costs its class size, plus the arena's bookkeeping:
-//! a 64-byte bitmap line and a 4-byte page map entry per 4 KiB page (1.7%
-//! of the arena). A 1-byte block costs 8.1 bytes, a 64-byte block 65 bytes
-//! (Boost.Interprocess: 48 and 80).
-//!
-//! # Why `free` is safe
-//! Freeing does not unmap anything: the block stays in the mapping and
-//! every bit pattern is a valid value of any [`Shared`] type. So a `&T`
-//! that outlives its block (in this process or another) can read garbage,
-//! never fault or observe an invalid value: the same guarantee shmutils
-//! gives against buggy peers. A stale `&AtomicU64` *writing* into a freed
-//! block can garble a free-list link; the allocator validates every link
-//! against the page map and the bitmap, so that costs leaked blocks at
-//! worst, never a block with two owners or an access outside the arena.
-//!
-//! # Resolving pointers
-//! [`get`](SharedHeap::get) checks only what costs nothing: the pointer is
-//! in the arena (one range comparison) and aligned for `T`. It does not
-//! check that the block is allocated; [`get_checked`](SharedHeap::get_checked)
-//! (and handles) also look the block up in the page map and the bitmap.
-//! Either way a bad pointer is an `Err`, never undefined behaviour.
+//! No header: a block costs its class size plus its 8-byte meta word, and
+//! the arena 12 bytes per page of page map and span words. A 1-byte block
+//! costs 16 bytes, a 64-byte block 72 (Boost.Interprocess: 48 and 80).
 
+mod boxed;
 pub(crate) mod cache;
 pub(crate) mod check;
 pub(crate) mod class;
 pub(crate) mod directory;
 pub(crate) mod layout;
+pub(crate) mod meta;
 pub(crate) mod stack;
 mod typed;
+pub(crate) mod types;
 
 use std::alloc::Layout;
 use std::cell::Cell;
@@ -89,39 +88,47 @@ use crate::process;
 use crate::ptr::{RelPtr, RelSlice};
 use crate::shared::Shared;
 
+pub use boxed::SharedBox;
 pub use cache::{HeapCache, CACHE_BLOCKS};
 pub use check::{CheckReport, ClassStats, HeapStats};
 pub use directory::{DIR_CAPACITY, MAX_NAME_LEN, MAX_TYPE_NAME_LEN};
 pub use typed::WithHeap;
+pub(crate) use types::TypeCache;
+pub use types::{TypeRecord, TYPE_CAPACITY};
 
-use class::NCLASSES;
 use class::{
-    block_index, block_size, blocks_per_span, class_of, span_pages, GRANULE, PAGE, SLAB_PAGES,
+    block_index, block_size, blocks_per_span, class_of, meta_offset, span_pages, NCLASSES, NSMALL,
+    PAGE, SLAB_PAGES,
 };
-use layout::{Geometry, HeapHeader, BITMAP_BYTES_PER_PAGE, HEAD_STRIDE, HEAP_MAGIC, NSHARDS};
+use layout::{Geometry, HeapHeader, HEAD_STRIDE, HEAP_MAGIC, NSHARDS, SPAN_WORD_BYTES};
+use meta::Meta;
 use stack::Pop;
+use types::{TypeEntry, TypeKey, TypeTable};
 
 /// How many corrupt free-list entries one allocation skips before giving
 /// up with [`Error::HeapCorrupt`].
 const MAX_SKIPS: usize = 64;
 
 /// A view of the heap inside a mapping: cheap to copy, valid as long as
-/// the mapping (`'s`). All its state is in the segment; the view holds only
-/// the mapping's address and the heap's validated geometry.
+/// the mapping (`'s`). All its state is in the segment, except this
+/// process's validated copy of the type table; the view holds the
+/// mapping's address, the heap's validated geometry and that copy.
 #[derive(Clone, Copy)]
 pub struct SharedHeap<'s> {
     base: NonNull<u8>,
     geo: Geometry,
+    types: &'s TypeCache,
     name: Option<&'s str>,
     id: Option<u64>,
     _mapping: PhantomData<&'s [AtomicU64]>,
 }
 
-// SAFETY: the view only reaches shared memory through atomics and `Shared`
-// types (which are Sync), exactly as other processes do; the raw base
-// pointer is a location, not ownership.
+// SAFETY: the view only reaches shared memory through atomics and through
+// blocks it checked (typed, published, or owned by the caller), exactly as
+// other processes do; the raw base pointer is a location, not ownership,
+// and the type cache is all atomics behind a Mutex.
 unsafe impl Send for SharedHeap<'_> {}
-// SAFETY: as above.
+// SAFETY: as for Send: no method relies on being called from one thread.
 unsafe impl Sync for SharedHeap<'_> {}
 
 impl fmt::Debug for SharedHeap<'_> {
@@ -136,7 +143,7 @@ impl fmt::Debug for SharedHeap<'_> {
 
 /// What [`SharedHeap::carve`] made of fresh pages.
 enum Carved {
-    /// A span: its first block, already marked allocated.
+    /// A span: its first block, already claimed with the meta word asked.
     Block(u64),
     /// The arena is used up.
     Full,
@@ -199,7 +206,8 @@ impl<'s> SharedHeap<'s> {
             )
         };
         // SAFETY: the header lies at heap_off (64-aligned, base page
-        // aligned) inside the region, and was just zeroed (a valid header).
+        // aligned) inside the region, and was just zeroed (a valid header:
+        // all atomics).
         let hdr = unsafe { &*(base.as_ptr().add(heap_off as usize) as *const HeapHeader) };
         geo.store(hdr);
         // Release: publishes the geometry and the zeroed bookkeeping to the
@@ -214,7 +222,8 @@ impl<'s> SharedHeap<'s> {
     /// # Safety
     /// `base..base + len` must stay valid for reads and writes for `'s`, be
     /// aligned to 4096 bytes, and be accessed (by anyone) only through
-    /// atomics and [`Shared`] types.
+    /// atomics and through blocks the heap handed out; `types` must be used
+    /// for this mapping's heap only.
     ///
     /// # Errors
     /// [`Error::HeapCorrupt`] if the header is not a heap's or disagrees
@@ -223,6 +232,7 @@ impl<'s> SharedHeap<'s> {
         base: NonNull<u8>,
         len: usize,
         heap_off: u64,
+        types: &'s TypeCache,
         name: Option<&'s str>,
         id: Option<u64>,
     ) -> Result<SharedHeap<'s>> {
@@ -245,6 +255,7 @@ impl<'s> SharedHeap<'s> {
         Ok(SharedHeap {
             base,
             geo,
+            types,
             name,
             id,
             _mapping: PhantomData,
@@ -255,16 +266,19 @@ impl<'s> SharedHeap<'s> {
     ///
     /// # Safety
     /// `geo` must come from a successful `attach` on this same mapping at
-    /// `base`, and the mapping must stay as `attach` requires for `'s`.
+    /// `base`, and the mapping and `types` must stay as `attach` requires
+    /// for `'s`.
     pub(crate) unsafe fn from_parts(
         base: NonNull<u8>,
         geo: Geometry,
+        types: &'s TypeCache,
         name: Option<&'s str>,
         id: Option<u64>,
     ) -> SharedHeap<'s> {
         SharedHeap {
             base,
             geo,
+            types,
             name,
             id,
             _mapping: PhantomData,
@@ -278,6 +292,20 @@ impl<'s> SharedHeap<'s> {
 
     // ----- raw access to the bookkeeping -----
 
+    /// A word of bookkeeping at `off`.
+    ///
+    /// # Safety
+    /// `off..off + 8` must lie in the heap's bookkeeping or in a slab's
+    /// meta area (never in a block), 8-aligned: memory only ever accessed
+    /// through atomics.
+    #[inline]
+    unsafe fn word(&self, off: u64) -> &'s AtomicU64 {
+        // SAFETY: the caller puts off inside the mapping, 8-aligned, in
+        // memory that is only accessed atomically; the mapping lives for
+        // 's.
+        unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
+    }
+
     pub(crate) fn header(&self) -> &'s HeapHeader {
         // SAFETY: the header lies at heap_off inside the mapping (attach
         // validated the geometry against its length), 64-aligned; all its
@@ -290,10 +318,26 @@ impl<'s> SharedHeap<'s> {
         // Clamped (a no-op for the indices callers pass) so that the
         // address is in range whatever they pass.
         let (shard, class) = (shard % NSHARDS, class.min(NCLASSES - 1));
-        let off = self.geo.heads_off + (class * NSHARDS + shard) as u64 * HEAD_STRIDE;
         // SAFETY: shard and class are clamped into range, so the word lies
-        // in the heads array inside the mapping; 64-aligned.
-        unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) }
+        // in the heads array inside the mapping; 64-aligned; only atomics.
+        unsafe { self.word(self.geo.heads_off + (class * NSHARDS + shard) as u64 * HEAD_STRIDE) }
+    }
+
+    /// The type table together with this process's copy of it.
+    pub(crate) fn type_table(&self) -> TypeTable<'s> {
+        // SAFETY: the table lies at types_off inside the mapping (attach
+        // validated the geometry), TYPE_CAPACITY entries of 128 bytes,
+        // 64-aligned, all atomics.
+        let entries = unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().add(self.geo.types_off as usize) as *const TypeEntry,
+                TYPE_CAPACITY,
+            )
+        };
+        TypeTable {
+            entries,
+            cache: self.types,
+        }
     }
 
     /// The page map entry of arena page `page`, 0 if out of range.
@@ -303,7 +347,7 @@ impl<'s> SharedHeap<'s> {
     #[inline]
     pub(crate) fn page_entry(&self, page: u64) -> u32 {
         match self.page_word(page) {
-            // Acquire: pairs with the Release store in carve(), so whoever
+            // Acquire: pairs with the Release CAS in carve(), so whoever
             // meets a block of the span sees its whole entry.
             Some(w) => w.load(Ordering::Acquire),
             None => 0,
@@ -321,41 +365,29 @@ impl<'s> SharedHeap<'s> {
         Some(unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU32) })
     }
 
-    /// The bitmap word and mask of a block's "allocated" bit: block `i` of
-    /// a span uses line `i % SLAB_PAGES` of the span's lines (one line per
-    /// page), bit `i / SLAB_PAGES` in it.
+    /// The meta word of a block `locate` (or a carve) produced.
     #[inline]
-    pub(crate) fn bit(&self, b: Block) -> Option<(&'s AtomicU64, u64)> {
-        let line = b.index % SLAB_PAGES;
-        let pos = b.index / SLAB_PAGES;
-        if b.span_page + line >= self.geo.arena_pages || pos >= BITMAP_BYTES_PER_PAGE * 8 {
-            return None;
+    pub(crate) fn meta_word(&self, b: Block) -> Option<&'s AtomicU64> {
+        if b.class < NSMALL {
+            if b.span_page + SLAB_PAGES > self.geo.arena_pages
+                || b.index >= blocks_per_span(b.class)
+            {
+                return None;
+            }
+            let off = self.geo.arena_start + b.span_page * PAGE + meta_offset(b.class, b.index);
+            // SAFETY: the slab lies in the arena (checked above) and
+            // meta_offset puts the word in its meta area, past its last
+            // block (class.rs tests it): memory no block covers, only ever
+            // accessed atomically; 8-aligned.
+            Some(unsafe { self.word(off) })
+        } else {
+            if b.span_page >= self.geo.arena_pages {
+                return None;
+            }
+            // SAFETY: span_page < arena_pages: the word lies in the span
+            // words inside the mapping, 8-aligned, only accessed atomically.
+            Some(unsafe { self.word(self.geo.spans_off + b.span_page * SPAN_WORD_BYTES) })
         }
-        let word =
-            self.geo.bitmap_off + (b.span_page + line) * BITMAP_BYTES_PER_PAGE + pos / 64 * 8;
-        // SAFETY: span_page + line < arena_pages and pos < 512, so the word
-        // lies in that page's 64 bytes of bitmap inside the mapping;
-        // 8-aligned (bitmap_off is 64-aligned).
-        let w = unsafe { &*(self.base.as_ptr().add(word as usize) as *const AtomicU64) };
-        Some((w, 1u64 << (pos % 64)))
-    }
-
-    /// The bitmap line of arena page `page` (`None` past the arena).
-    pub(crate) fn bitmap_line(&self, page: u64) -> Option<&'s [AtomicU64; 8]> {
-        if page >= self.geo.arena_pages {
-            return None;
-        }
-        let off = self.geo.bitmap_off + page * BITMAP_BYTES_PER_PAGE;
-        // SAFETY: page < arena_pages: the 64 bytes lie in the bitmap inside
-        // the mapping, 64-aligned; all atomics.
-        Some(unsafe { &*(self.base.as_ptr().add(off as usize) as *const [AtomicU64; 8]) })
-    }
-
-    /// Whether a block's bit is set.
-    #[inline]
-    pub(crate) fn is_set(&self, b: Block) -> bool {
-        self.bit(b)
-            .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0)
     }
 
     /// The block containing the byte at `off`.
@@ -401,7 +433,7 @@ impl<'s> SharedHeap<'s> {
         let span = (page - dist) * PAGE;
         let i = block_index(c, rel - span);
         if i >= blocks_per_span(c) {
-            return Err("it lies in the unused tail of a slab");
+            return Err("it lies in the tail of a slab, where the blocks' meta words are");
         }
         Ok(Block {
             class: c,
@@ -413,7 +445,9 @@ impl<'s> SharedHeap<'s> {
 
     // ----- allocation -----
 
-    /// Allocates a block for `layout` (alignment up to 4096 honoured).
+    /// Allocates an untyped block for `layout` (alignment up to 4096
+    /// honoured). Its bytes can be reached only through
+    /// [`as_ptr`](Self::as_ptr); typed reads refuse it.
     ///
     /// The block's contents are whatever was there: a fresh block is zero,
     /// a reused one holds old bytes.
@@ -423,6 +457,14 @@ impl<'s> SharedHeap<'s> {
     /// above 4096; [`Error::HeapCorrupt`] if a peer corrupted the free lists
     /// beyond what one allocation skips.
     pub fn alloc(&self, layout: Layout) -> Result<RelPtr<u8>> {
+        self.alloc_as(layout, meta::RAW, false)
+            .map(RelPtr::from_heap)
+    }
+
+    /// Allocates a block for `layout` whose meta word says `ty` (private or
+    /// published).
+    #[inline]
+    pub(crate) fn alloc_as(&self, layout: Layout, ty: u32, private: bool) -> Result<u64> {
         let Some(c) = class_of(layout) else {
             return Err(Error::InvalidArgument {
                 what: format!(
@@ -431,14 +473,10 @@ impl<'s> SharedHeap<'s> {
                 ),
             });
         };
-        self.alloc_class(c, layout).map(RelPtr::from_offset)
-    }
-
-    fn alloc_class(&self, c: usize, layout: Layout) -> Result<u64> {
         let shard = current_shard();
         for _ in 0..MAX_SKIPS {
-            let Some((off, head, installed)) = self.pop_class(c, shard) else {
-                match self.carve(c, shard) {
+            let Some((block, word, seen, head, installed)) = self.pop_class(c, shard) else {
+                match self.carve(c, shard, ty, private) {
                     Carved::Block(off) => return Ok(off),
                     Carved::Full => {
                         return Err(Error::OutOfMemory {
@@ -454,22 +492,24 @@ impl<'s> SharedHeap<'s> {
                     }
                 }
             };
-            // Relaxed: read-modify-writes of one word are totally ordered,
-            // and the list's Release/Acquire orders them with push and pop.
-            let claimed = match self.locate(off) {
-                Ok(b) if b.class == c && b.start == off => self
-                    .bit(b)
-                    .is_some_and(|(w, m)| w.fetch_or(m, Ordering::Relaxed) & m == 0),
-                _ => false,
-            };
-            if claimed {
-                return Ok(off);
+            // Relaxed: the block is ours since the pop's CAS; the value is
+            // published by a later Release store (publish()) or never.
+            if word
+                .compare_exchange(
+                    seen,
+                    meta::allocated(ty, block.start, private),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Ok(block.start);
             }
-            // Not a block of this class, or allocated already: the link that
-            // led here was garbage. Never hand a block to two owners; drop
-            // the rest of that chain (leaked) instead of following it.
+            // The word changed under a block nobody else may hold: garbage.
+            // Never hand a block to two owners; drop the rest of that chain
+            // (leaked) instead of following it.
             self.note_corruption();
-            self.cut(head, installed);
+            stack::cut(head, installed);
         }
         Err(Error::HeapCorrupt {
             what: format!(
@@ -480,37 +520,42 @@ impl<'s> SharedHeap<'s> {
     }
 
     /// Pops a block of class `c`: from this thread's shard, else any shard.
-    /// Returns it with the head it came from and the value the pop left
-    /// there.
     #[inline]
-    fn pop_class(&self, c: usize, shard: usize) -> Option<(u64, &'s AtomicU64, u64)> {
-        let head = self.head(shard, c);
-        let (p, contended) = self.pop(head);
-        if contended {
-            move_shard();
-        }
-        if let Pop::Block(off, installed) = p {
-            return Some((off, head, installed));
-        }
-        (1..NSHARDS).find_map(|k| {
+    #[allow(clippy::type_complexity)]
+    fn pop_class(
+        &self,
+        c: usize,
+        shard: usize,
+    ) -> Option<(Block, &'s AtomicU64, u64, &'s AtomicU64, u64)> {
+        (0..NSHARDS).find_map(|k| {
             let head = self.head(shard + k, c);
-            match self.pop(head).0 {
-                Pop::Block(off, installed) => Some((off, head, installed)),
+            let (p, contended) = stack::pop(self, head, c);
+            if contended && k == 0 {
+                move_shard();
+            }
+            match p {
+                Pop::Block {
+                    block,
+                    seen,
+                    installed,
+                } => self
+                    .meta_word(block)
+                    .map(|w| (block, w, seen, head, installed)),
                 Pop::Empty => None,
             }
         })
     }
 
-    /// Carves a new span of class `c`: returns its first block (marked
-    /// allocated) and pushes the rest of a slab onto `shard`'s list.
+    /// Carves a new span of class `c`: returns its first block (claimed
+    /// with the meta word for `ty`) and pushes the rest of a slab onto
+    /// `shard`'s list.
     ///
     /// The bump counter is peer-writable: one set back would hand out pages
     /// that are already spans (with blocks in use). So each page map entry
-    /// is claimed by CAS from 0 (pages above the counter are never mapped),
-    /// and the first block's bit must have been clear; otherwise the pages
-    /// are left behind (leaked, the counter has moved past them) and the
-    /// result is [`Carved::Taken`].
-    fn carve(&self, c: usize, shard: usize) -> Carved {
+    /// is claimed by CAS from 0, and the first block's meta word must have
+    /// been 0 (fresh); otherwise the pages are left behind (leaked, the
+    /// counter has moved past them) and the result is [`Carved::Taken`].
+    fn carve(&self, c: usize, shard: usize, ty: u32, private: bool) -> Carved {
         let pages = span_pages(c);
         let Some(first) = self.carve_pages(pages) else {
             return Carved::Full;
@@ -534,29 +579,40 @@ impl<'s> SharedHeap<'s> {
             }
         }
         let span = self.geo.arena_start + first * PAGE;
-        let Some((word, mask)) = self.bit(Block {
+        let block = |index: u64| Block {
             class: c,
-            start: span,
+            start: span + index * block_size(c),
             span_page: first,
-            index: 0,
-        }) else {
+            index,
+        };
+        let Some(word) = self.meta_word(block(0)) else {
             return Carved::Taken;
         };
-        if word.fetch_or(mask, Ordering::Relaxed) & mask != 0 {
-            // A stale bit in a fresh span: the bitmap was written over.
-            // Leave the span unused rather than trust its bits.
+        if word
+            .compare_exchange(
+                0,
+                meta::allocated(ty, span, private),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            // A word in a fresh span was written over: leave the span
+            // unused rather than trust it.
             return Carved::Taken;
         }
         let n = blocks_per_span(c);
         if n > 1 {
-            let size = block_size(c);
             for i in 1..n - 1 {
-                let Some(link) = self.link(span + i * size) else {
+                let Some(w) = self.meta_word(block(i)) else {
                     return Carved::Taken;
                 };
-                link.store((span + (i + 1) * size) / GRANULE, Ordering::Relaxed);
+                w.store(meta::free(block(i + 1).start), Ordering::Relaxed);
             }
-            if self.push_chain(self.head(shard, c), span + size, span + (n - 1) * size) {
+            let Some(last) = self.meta_word(block(n - 1)) else {
+                return Carved::Taken;
+            };
+            if stack::push_chain(self.head(shard, c), block(1).start, last) {
                 move_shard();
             }
         }
@@ -585,19 +641,29 @@ impl<'s> SharedHeap<'s> {
         }
     }
 
+    /// Counts a corrupt entry the allocator skipped (reported by `check`).
+    pub(crate) fn note_corruption(&self) {
+        self.header().corrupt_events.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Frees the block at `ptr`, allocated with a layout of the same size
     /// class as `layout`.
     ///
-    /// Safe: see the [module docs](self#why-free-is-safe).
+    /// # Safety
+    /// Nothing may use the block afterwards: no reference to it (from
+    /// [`get`](Self::get) or [`get_slice`](Self::get_slice), in any
+    /// thread of this process) may still be alive, and no other process may
+    /// still use it (the heap will hand the block to someone else). The
+    /// safe way to own a block is [`SharedBox`].
     ///
     /// # Errors
     /// [`Error::InvalidPointer`] for a null or foreign pointer or one into
     /// the middle of a block; [`Error::WrongLayout`] for a layout of another
     /// class; [`Error::DoubleFree`] for a block that is not allocated. The
     /// heap is unchanged in every case.
-    pub fn free(&self, ptr: RelPtr<u8>, layout: Layout) -> Result<()> {
+    pub unsafe fn free(&self, ptr: RelPtr<u8>, layout: Layout) -> Result<()> {
         let b = self.checked_block(ptr.offset(), layout)?;
-        self.release(b)
+        self.release(b, None)
     }
 
     /// The block starting at `off`, if `layout` belongs to its class.
@@ -628,105 +694,199 @@ impl<'s> SharedHeap<'s> {
         Ok(b)
     }
 
-    /// Clears a block's bit and pushes it onto this thread's shard.
+    /// Marks an allocated block free (if `expect` is given, only if its
+    /// word says exactly that) and returns its meta word, or says why not.
     #[inline]
-    pub(crate) fn release(&self, b: Block) -> Result<()> {
-        let Some((word, mask)) = self.bit(b) else {
+    pub(crate) fn unclaim(&self, b: Block, expect: Option<u64>) -> Result<&'s AtomicU64> {
+        let Some(word) = self.meta_word(b) else {
             return Err(Error::DoubleFree { offset: b.start });
         };
-        // Relaxed: see alloc_class(); the push below is the Release.
-        if word.fetch_and(!mask, Ordering::Relaxed) & mask == 0 {
+        let cur = word.load(Ordering::Relaxed);
+        if !matches!(meta::decode(cur, b.start), Meta::Allocated { .. })
+            || expect.is_some_and(|e| e != cur)
+        {
             return Err(Error::DoubleFree { offset: b.start });
         }
-        if self.push(self.head(current_shard(), b.class), b.start) {
+        // Relaxed: the push that follows is the Release that hands the
+        // block on; a failed CAS means a concurrent free of the same block.
+        word.compare_exchange(cur, meta::free(0), Ordering::Relaxed, Ordering::Relaxed)
+            .map_err(|_| Error::DoubleFree { offset: b.start })?;
+        Ok(word)
+    }
+
+    /// Frees an allocated block and pushes it onto this thread's shard.
+    #[inline]
+    pub(crate) fn release(&self, b: Block, expect: Option<u64>) -> Result<()> {
+        let word = self.unclaim(b, expect)?;
+        if stack::push_chain(self.head(current_shard(), b.class), b.start, word) {
             move_shard();
         }
         Ok(())
     }
 
     /// Whether `offset` is the start of an allocated block of the size
-    /// class of `layout` (what handles check before resolving).
+    /// class of `layout`.
     pub fn is_allocated(&self, offset: u64, layout: Layout) -> bool {
         match self.locate(offset) {
-            Ok(b) if b.start == offset && class_of(layout) == Some(b.class) => self.is_set(b),
+            Ok(b) if b.start == offset && class_of(layout) == Some(b.class) => {
+                self.meta_word(b).is_some_and(|w| {
+                    matches!(
+                        meta::decode(w.load(Ordering::Relaxed), offset),
+                        Meta::Allocated { .. }
+                    )
+                })
+            }
             _ => false,
         }
     }
 
+    // ----- typed values -----
+
+    /// The index of `key` in the type table (registering it if needed).
+    #[inline]
+    pub(crate) fn type_index(&self, key: &TypeKey) -> Result<u32> {
+        self.type_table().index_of(key)
+    }
+
+    /// A block for one `T`, private to the caller, its contents as found.
+    #[inline]
+    fn alloc_private<T: Shared>(&self) -> Result<(u64, u32)> {
+        let ty = self.type_index(&TypeKey::of::<T>())?;
+        Ok((self.alloc_as(Layout::new::<T>(), ty, true)?, ty))
+    }
+
+    /// Publishes a private block: from now on it resolves as its type.
+    #[inline]
+    pub(crate) fn publish(&self, off: u64, ty: u32) {
+        if let Ok(b) = self.locate(off) {
+            if let Some(w) = self.meta_word(b) {
+                // Release: the value written into the block before this
+                // happens-before any read that sees the published word
+                // (the Acquire load in typed_block()).
+                w.store(meta::allocated(ty, off, false), Ordering::Release);
+            }
+        }
+    }
+
     /// Moves `value` into a new block and returns its pointer. The value is
-    /// written whole before the pointer exists, so no peer can see it half
-    /// made (DESIGN.md rule 4).
+    /// written whole, then published: no reader, in this process or
+    /// another, can see it half made (DESIGN.md rule 4).
     ///
     /// # Errors
-    /// As [`alloc`](Self::alloc).
+    /// As [`alloc`](Self::alloc); [`Error::TypeTableFull`] if the segment
+    /// has no room to record a new type.
     #[allow(clippy::new_ret_no_self)] // the contract's name: `heap.new(value)`
     pub fn new<T: Shared>(&self, value: T) -> Result<RelPtr<T>> {
-        let off = self.alloc(Layout::new::<T>())?.offset();
-        // SAFETY: the block was just allocated, so this thread owns it; it
-        // lies in the arena, holds at least size_of::<T>() bytes and is
-        // aligned for T (class_of honours the layout).
+        let (off, ty) = self.alloc_private::<T>()?;
+        // SAFETY: the block was just allocated private to this thread (no
+        // typed read resolves it); it lies in the arena, holds at least
+        // size_of::<T>() bytes and is aligned for T (class_of honours the
+        // layout).
         unsafe { self.raw(off).cast::<T>().write(value) };
-        Ok(RelPtr::from_offset(off))
+        self.publish(off, ty);
+        Ok(RelPtr::from_heap(off))
     }
 
     /// A new block holding a zeroed `T` (valid: every bit pattern of a
     /// [`Shared`] type is).
     ///
     /// # Errors
-    /// As [`alloc`](Self::alloc).
+    /// As [`new`](Self::new).
     pub fn new_zeroed<T: Shared>(&self) -> Result<RelPtr<T>> {
-        let off = self.alloc(Layout::new::<T>())?.offset();
-        // SAFETY: as in new(): a fresh block of at least size_of::<T>() bytes.
+        let (off, ty) = self.alloc_private::<T>()?;
+        // SAFETY: as in new(): a fresh private block of at least
+        // size_of::<T>() bytes.
         unsafe { std::ptr::write_bytes(self.raw(off), 0, size_of::<T>()) };
-        Ok(RelPtr::from_offset(off))
+        self.publish(off, ty);
+        Ok(RelPtr::from_heap(off))
+    }
+
+    /// Moves `value` into a new block owned by the returned [`SharedBox`]:
+    /// only it can reach the block (`Deref`, `DerefMut`) until
+    /// [`into_rel`](SharedBox::into_rel) publishes it; dropping it frees
+    /// the block.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn new_box<T: Shared>(&self, value: T) -> Result<SharedBox<'s, T>> {
+        let (off, ty) = self.alloc_private::<T>()?;
+        // SAFETY: as in new(): a fresh private block for a T.
+        unsafe { self.raw(off).cast::<T>().write(value) };
+        // SAFETY: the block is allocated private as T at off, its value
+        // written, and nothing else refers to it.
+        Ok(unsafe { SharedBox::from_private(*self, off, ty) })
+    }
+
+    /// A [`SharedBox`] holding a zeroed `T`: the seed's "allocate, then
+    /// assign the fields one by one, then hand it over" flow.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn new_box_zeroed<T: Shared>(&self) -> Result<SharedBox<'s, T>> {
+        let (off, ty) = self.alloc_private::<T>()?;
+        // SAFETY: as in new_zeroed().
+        unsafe { std::ptr::write_bytes(self.raw(off), 0, size_of::<T>()) };
+        // SAFETY: as in new_box().
+        Ok(unsafe { SharedBox::from_private(*self, off, ty) })
     }
 
     /// Copies `items` into a new block. An empty `items` gives
     /// [`RelSlice::empty`] and allocates nothing.
     ///
     /// # Errors
-    /// As [`alloc`](Self::alloc); [`Error::InvalidArgument`] if the size
+    /// As [`new`](Self::new); [`Error::InvalidArgument`] if the size
     /// overflows.
     pub fn new_slice<T: Shared + Copy>(&self, items: &[T]) -> Result<RelSlice<T>> {
         if items.is_empty() {
             return Ok(RelSlice::empty());
         }
-        let layout = slice_layout::<T>(items.len())?;
-        let off = self.alloc(layout)?.offset();
-        // SAFETY: a fresh block of at least size_of_val(items) bytes, aligned
-        // for T; `items` is a distinct local slice.
+        let ty = self.type_index(&TypeKey::slice_of::<T>())?;
+        let off = self.alloc_as(slice_layout::<T>(items.len())?, ty, true)?;
+        // SAFETY: a fresh private block of at least size_of_val(items)
+        // bytes, aligned for T; `items` is a distinct local slice.
         unsafe {
             std::ptr::copy_nonoverlapping(items.as_ptr(), self.raw(off).cast::<T>(), items.len())
         };
-        Ok(RelSlice::from_raw_parts(off, items.len() as u64))
+        self.publish(off, ty);
+        Ok(RelSlice::from_heap(off, items.len() as u64))
     }
 
     /// Frees the block of a value made by [`new`](Self::new) or
     /// [`new_zeroed`](Self::new_zeroed) (nothing is dropped).
     ///
+    /// # Safety
+    /// As [`free`](Self::free): no reference to the value may outlive the
+    /// call, in this process or another.
+    ///
     /// # Errors
-    /// As [`free`](Self::free).
-    pub fn delete<T: Shared>(&self, ptr: RelPtr<T>) -> Result<()> {
-        self.free(ptr.cast(), Layout::new::<T>())
+    /// As [`get`](Self::get) if `ptr` is not a published `T`; otherwise as
+    /// [`free`](Self::free).
+    pub unsafe fn delete<T: Shared>(&self, ptr: RelPtr<T>) -> Result<()> {
+        self.get(ptr)?;
+        let b = self.checked_block(ptr.offset(), Layout::new::<T>())?;
+        let w = self.meta_word(b).map(|w| w.load(Ordering::Relaxed));
+        self.release(b, w)
     }
 
     /// Frees the block of a slice made by [`new_slice`](Self::new_slice).
     /// The empty slice is accepted and frees nothing.
     ///
+    /// # Safety
+    /// As [`free`](Self::free): no reference into the slice may outlive the
+    /// call, in this process or another.
+    ///
     /// # Errors
-    /// As [`free`](Self::free); [`Error::InvalidPointer`] for an empty
-    /// slice with a non-null offset (no block was made for it).
-    pub fn delete_slice<T: Shared>(&self, s: RelSlice<T>) -> Result<()> {
+    /// As [`get_slice`](Self::get_slice), and [`Error::InvalidPointer`] if
+    /// the slice does not start its block; otherwise as
+    /// [`free`](Self::free).
+    pub unsafe fn delete_slice<T: Shared>(&self, s: RelSlice<T>) -> Result<()> {
         if s.is_empty() {
-            if s.offset() == 0 {
-                return Ok(());
-            }
-            return Err(Error::InvalidPointer {
-                offset: s.offset(),
-                reason: "an empty slice owns no block".to_owned(),
-            });
+            return Ok(());
         }
-        self.free(s.as_ptr().cast(), slice_layout::<T>(s.len())?)
+        self.get_slice(s)?;
+        let b = self.checked_block(s.offset(), slice_layout::<T>(s.len())?)?;
+        let w = self.meta_word(b).map(|w| w.load(Ordering::Relaxed));
+        self.release(b, w)
     }
 
     // ----- resolution -----
@@ -780,57 +940,121 @@ impl<'s> SharedHeap<'s> {
         }
     }
 
-    /// Resolves `ptr`: checks that a `T` there lies inside the heap's arena
-    /// and is aligned. Costs one range comparison and an alignment test; it
-    /// does **not** check that the block is allocated (see
-    /// [`get_checked`](Self::get_checked)). A freed block still reads as
-    /// some valid `T` ([module docs](self#why-free-is-safe)).
+    /// The checks every typed read makes: `off..off + bytes` lies in the
+    /// arena, aligned to `align`, inside one allocated, published block
+    /// whose type has `key`'s fingerprint, at `off` = the block's start
+    /// (or, for a slice, at a whole element from it). Returns the address.
+    #[inline]
+    fn typed_block(&self, off: u64, bytes: u64, key: &TypeKey) -> Result<*mut u8> {
+        let p = self.resolve_range(off, bytes, key.align as usize)?;
+        let b = self.locate(off).map_err(|reason| Error::InvalidPointer {
+            offset: off,
+            reason: reason.to_owned(),
+        })?;
+        let within = off - b.start;
+        let size = block_size(b.class);
+        if (within != 0 && (!key.slice || within % key.size.max(1) != 0)) || bytes > size - within {
+            return Err(self.misplaced(off, bytes, b, key));
+        }
+        let Some(word) = self.meta_word(b) else {
+            return Err(self.misplaced(off, bytes, b, key));
+        };
+        // Acquire: pairs with the Release store in publish(), so the
+        // value written before publication is visible through the reference.
+        let w = word.load(Ordering::Acquire);
+        match meta::decode(w, b.start) {
+            Meta::Allocated { ty, private: false }
+                if self.type_table().fingerprint(ty) == key.fingerprint =>
+            {
+                Ok(p)
+            }
+            m => Err(self.unresolved(b, m, key)),
+        }
+    }
+
+    #[cold]
+    fn misplaced(&self, off: u64, bytes: u64, b: Block, key: &TypeKey) -> Error {
+        Error::InvalidPointer {
+            offset: off,
+            reason: format!(
+                "{} bytes of {} at it do not start (or fit in) the {}-byte block at {:#x}",
+                bytes,
+                key.describe(),
+                block_size(b.class),
+                b.start
+            ),
+        }
+    }
+
+    #[cold]
+    fn unresolved(&self, b: Block, m: Meta, key: &TypeKey) -> Error {
+        match m {
+            Meta::Fresh | Meta::Free { .. } => Error::FreedObject {
+                offset: b.start,
+                reason: "its block is free".to_owned(),
+            },
+            Meta::Allocated { private: true, .. } => Error::InvalidPointer {
+                offset: b.start,
+                reason: "its block is owned by a SharedBox that has not published it".to_owned(),
+            },
+            Meta::Allocated { ty: meta::RAW, .. } => Error::TypeMismatch {
+                object: format!("block at {:#x}", b.start),
+                expected: key.describe(),
+                found: "untyped bytes (SharedHeap::alloc)".to_owned(),
+            },
+            Meta::Allocated { ty, .. } => Error::TypeMismatch {
+                object: format!("block at {:#x}", b.start),
+                expected: key.describe(),
+                found: match self.type_table().record(ty) {
+                    Some(r) => r.describe(),
+                    None => format!("type entry {ty}, which is not a valid entry"),
+                },
+            },
+            Meta::Corrupt => Error::HeapCorrupt {
+                what: format!("the meta word of the block at {:#x} is not valid", b.start),
+            },
+        }
+    }
+
+    /// The `T` at `ptr`: checks that it is the start of an allocated,
+    /// published block holding a `T` (one range comparison, a page map
+    /// lookup, the block's meta word and this process's copy of the type
+    /// table).
     ///
     /// # Errors
-    /// [`Error::InvalidPointer`] for null or a pointer into the bookkeeping,
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`].
+    /// [`Error::InvalidPointer`] for null, a pointer into the bookkeeping,
+    /// into the middle of a block, or to a block a [`SharedBox`] still
+    /// owns; [`Error::OutOfBounds`]; [`Error::Misaligned`];
+    /// [`Error::FreedObject`] for a free block; [`Error::TypeMismatch`] for
+    /// a block of another type; [`Error::HeapCorrupt`] for a meta word a
+    /// peer scribbled over.
     #[inline]
     pub fn get<T: Shared>(&self, ptr: RelPtr<T>) -> Result<&'s T> {
-        let p = self.resolve_range(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?;
-        // SAFETY: in bounds of the live mapping and aligned for T; every bit
-        // pattern is a valid T (Shared) and mutation through &T is atomic
-        // or locked, so sharing it with other processes is sound.
+        let key = TypeKey::of::<T>();
+        let p = self.typed_block(ptr.offset(), key.size, &key)?;
+        // SAFETY: in bounds of the live mapping and aligned for T (checked);
+        // bit-valid, as every bit pattern is a valid T (Shared); the block
+        // holds a T (its meta word names T's fingerprint) and is published,
+        // so in this process nothing can free it (free is unsafe and its
+        // contract forbids live references) or write it except through
+        // T's own interior mutability (atomics, locks); peers are trusted
+        // to do the same (README's trust model).
         Ok(unsafe { &*p.cast::<T>() })
     }
 
-    /// [`get`](Self::get), and also checks that the `T` lies inside one
-    /// allocated block (page map and bitmap lookups).
+    /// The same as [`get`](Self::get), which checks everything since
+    /// blocks know their type.
     ///
     /// # Errors
-    /// As [`get`](Self::get); [`Error::InvalidPointer`] if the memory is not
-    /// inside a live allocation.
+    /// As [`get`](Self::get).
+    #[inline]
     pub fn get_checked<T: Shared>(&self, ptr: RelPtr<T>) -> Result<&'s T> {
-        let r = self.get(ptr)?;
-        let off = ptr.offset();
-        let invalid = |reason: String| Error::InvalidPointer {
-            offset: off,
-            reason,
-        };
-        let b = self.locate(off).map_err(|r| invalid(r.to_owned()))?;
-        if !self.is_set(b) {
-            return Err(invalid(format!(
-                "the block at {:#x} containing it is not allocated",
-                b.start
-            )));
-        }
-        let size = block_size(b.class);
-        if off + size_of::<T>() as u64 > b.start + size {
-            return Err(invalid(format!(
-                "a {} of {} bytes runs past the end of its {size}-byte block at {:#x}",
-                T::NAME,
-                size_of::<T>(),
-                b.start
-            )));
-        }
-        Ok(r)
+        self.get(ptr)
     }
 
-    /// Resolves a slice: all `len` elements inside the arena, aligned.
+    /// Resolves a slice: all `len` elements inside one allocated, published
+    /// block made as a `[T]` (by [`new_slice`](Self::new_slice)), starting
+    /// at a whole element of it.
     ///
     /// # Errors
     /// As [`get`](Self::get); [`Error::OutOfBounds`] if the length
@@ -839,38 +1063,71 @@ impl<'s> SharedHeap<'s> {
         if s.is_empty() {
             return Ok(&[]);
         }
+        let key = TypeKey::slice_of::<T>();
         let bytes = (s.len() as u64)
-            .checked_mul(size_of::<T>() as u64)
+            .checked_mul(key.size)
             .ok_or_else(|| self.bad_range(s.offset().max(1), u64::MAX))?;
-        let p = self.resolve_range(s.offset(), bytes, align_of::<T>())?;
-        // SAFETY: all `len` elements lie in the live mapping, aligned; every
-        // bit pattern is a valid T (Shared).
+        let p = self.typed_block(s.offset(), bytes, &key)?;
+        // SAFETY: all `len` elements lie in the live mapping, aligned, in
+        // one published block allocated as [T] (checked), starting at a
+        // whole element; bit-valid as every bit pattern is a valid T; as in
+        // get(), nothing in this process frees or writes it while the
+        // slice lives.
         Ok(unsafe { std::slice::from_raw_parts(p.cast::<T>(), s.len()) })
     }
 
-    /// The relative pointer of a `T` that lies in this heap's arena (the
-    /// reverse of [`get`](Self::get)).
+    /// The relative pointer of a `T` that [`get`](Self::get) resolved in
+    /// this heap (the reverse of `get`).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] or [`Error::InvalidPointer`] if `r` is not in
-    /// the arena.
+    /// As [`get`](Self::get) if `r` is not a published `T` block of this
+    /// heap (a field inside a struct is not).
     pub fn ptr_of<T: Shared>(&self, r: &T) -> Result<RelPtr<T>> {
         let off = (r as *const T as usize).wrapping_sub(self.base.as_ptr() as usize) as u64;
-        self.resolve_range(off, size_of::<T>() as u64, align_of::<T>())?;
-        Ok(RelPtr::from_offset(off))
+        let key = TypeKey::of::<T>();
+        self.typed_block(off, key.size, &key)?;
+        Ok(RelPtr::from_heap(off))
     }
 
     /// The raw address of `ptr` in this process, bounds- and
-    /// alignment-checked like [`get`](Self::get). Writing through it is the
-    /// caller's business: only to memory this process owns (a block it
-    /// allocated and has not published), or through atomics.
+    /// alignment-checked (not type-checked). Using it is `unsafe` and the
+    /// caller's business: only to memory this process owns, or through
+    /// atomics.
     ///
     /// # Errors
-    /// As [`get`](Self::get).
+    /// [`Error::InvalidPointer`], [`Error::OutOfBounds`],
+    /// [`Error::Misaligned`].
     pub fn as_ptr<T: Shared>(&self, ptr: RelPtr<T>) -> Result<*mut T> {
         Ok(self
             .resolve_range(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?
             .cast())
+    }
+
+    // ----- whole-heap views -----
+
+    /// Figures of the heap at one moment (exact when no process is
+    /// allocating).
+    pub fn stats(&self) -> HeapStats {
+        check::stats(self)
+    }
+
+    /// Walks every structure of the heap and reports what it found:
+    /// allocated, free and leaked blocks, and any corruption (states no
+    /// sequence of crashes can produce). Trusts nothing it reads.
+    pub fn check(&self) -> CheckReport {
+        check::check(self)
+    }
+
+    /// The types recorded in the segment's type table, with their index
+    /// (what blocks' meta words name): what a tool needs to name what a
+    /// segment holds without the program's code.
+    pub fn types(&self) -> Vec<(u32, TypeRecord)> {
+        self.type_table().records()
+    }
+
+    /// A process-local [`HeapCache`] of free small blocks over this heap.
+    pub fn cache(&self) -> HeapCache<'s> {
+        HeapCache::new(*self)
     }
 
     /// The name of the segment the heap lives in (`None` if anonymous or
@@ -919,6 +1176,7 @@ pub(crate) mod testing {
     pub(crate) struct TestRegion {
         base: NonNull<u8>,
         len: usize,
+        types: TypeCache,
         _pages: Vec<Page>,
     }
 
@@ -932,6 +1190,7 @@ pub(crate) mod testing {
             TestRegion {
                 base,
                 len,
+                types: TypeCache::new(),
                 _pages: pages,
             }
         }
@@ -939,7 +1198,7 @@ pub(crate) mod testing {
         pub(crate) fn heap(&self) -> SharedHeap<'_> {
             // SAFETY: the buffer lives as long as self, is page-aligned, and
             // the heap touches it only through atomics and Shared types.
-            unsafe { SharedHeap::attach(self.base, self.len, 64, None, None) }.unwrap()
+            unsafe { SharedHeap::attach(self.base, self.len, 64, &self.types, None, None) }.unwrap()
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The lock-free free lists: one Treiber stack per (shard, class).
+//! The lock-free free lists: one Treiber stack per (shard, class), linked
+//! through the blocks' meta words (`meta.rs`), never through the blocks.
 //!
 //! # Head word
 //! ```text
@@ -10,40 +11,41 @@
 //!
 //! | state | push(b) | pop |
 //! |---|---|---|
-//! | `(t, 0)` empty | `b.next = 0`; CAS -> `(t+1, b)` | returns `None` |
-//! | `(t, a)` | `b.next = a`; CAS -> `(t+1, b)` | `n = a.next`; CAS -> `(t+1, n)`, returns `a` |
+//! | `(t, 0)` empty | `meta(b) = FREE(0)`; CAS -> `(t+1, b)` | returns `Empty` |
+//! | `(t, a)` | `meta(b) = FREE(a)`; CAS -> `(t+1, b)` | `n = meta(a).next`; CAS -> `(t+1, n)`, returns `a` |
 //!
-//! Every successful CAS bumps the tag, so a pop that read `a.next` before
-//! another process popped `a`, reused it and pushed it back fails its CAS
-//! (the tag moved on) instead of installing a stale `next`: the classic ABA
+//! Every successful CAS bumps the tag, so a pop that read `meta(a)` before
+//! another thread popped `a`, reused it and pushed it back fails its CAS
+//! (the tag moved on) instead of installing a stale `next`: the ABA
 //! problem. The tag is 32 bits; a pop would have to stall for 2^32
 //! operations on one list for it to wrap.
 //!
+//! # No data race
+//! A pop reads the link of a block that another thread may have popped and
+//! allocated in the meantime. The link lives in the block's meta word, an
+//! atomic only the allocator touches, so that read races nothing but other
+//! atomic accesses; the block's own bytes, which its new owner writes with
+//! plain stores, are never read here.
+//!
 //! # Garbage tolerance
-//! A free block's first 8 bytes hold its `next` link as an `AtomicU64`. A
-//! pop may read that word after another process has already taken the block
-//! and written its own data there; the value read is then garbage, but the
-//! CAS rejects it (the head changed). The offset is bounds-checked before
-//! the link is read, and every popped block is checked against the page map
-//! and the allocation bitmap before it is handed out, so even a list a peer
-//! corrupted cannot make the heap read outside the arena or give one block
-//! to two owners.
+//! Every offset taken from a head or a link is located through the page
+//! map before its meta word is read, and a meta word that does not say
+//! "free" while the head still names its block ends the list there (the
+//! rest is leaked, never handed out twice). Popped blocks are then claimed
+//! by a CAS from the exact free word read, so even a list a peer corrupted
+//! cannot make the heap read outside the arena or give one block to two
+//! owners.
 //!
 //! # Crash safety
 //! Each operation is one CAS. A process killed before it has changed
 //! nothing; killed after it, the list is consistent. What it can lose is
-//! the block in its hands between the CAS and the bitmap update.
-//!
-//! (The link word is read with an atomic load while the block's new owner
-//! may be writing it with plain stores: the same benign race every
-//! lock-free allocator has. Across processes the Rust memory model does
-//! not reach; the hardware gives us a torn-free 8-byte load, which the CAS
-//! then validates.)
+//! the block in its hands between the pop and the claim of its meta word.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::class::GRANULE;
-use super::SharedHeap;
+use super::meta::{self, Meta};
+use super::{Block, SharedHeap};
 
 /// A head word from a tag and a block offset.
 #[inline]
@@ -51,7 +53,7 @@ pub(crate) fn pack(tag: u32, off: u64) -> u64 {
     (u64::from(tag) << 32) | (off / GRANULE)
 }
 
-/// The block offset in a head word (0 = empty).
+/// The block offset a head word names (0 for an empty list).
 #[inline]
 pub(crate) fn head_offset(head: u64) -> u64 {
     (head & 0xffff_ffff) * GRANULE
@@ -62,139 +64,125 @@ fn tag(head: u64) -> u32 {
     (head >> 32) as u32
 }
 
-/// What a pop found.
+/// What [`pop`] found.
 pub(crate) enum Pop {
-    /// The list was empty.
+    /// The list is empty (or was garbage and has been emptied).
     Empty,
-    /// A block (checked only to lie in the arena: the caller checks it
-    /// against the page map), and the head value the pop installed.
-    Block(u64, u64),
+    /// A block taken off the list, with the free meta word that was read
+    /// for it (the claim CASes from exactly this) and the head value the
+    /// pop installed (for [`cut`]).
+    Block {
+        block: Block,
+        seen: u64,
+        installed: u64,
+    },
 }
 
-impl<'s> SharedHeap<'s> {
-    /// The `next` link in the first 8 bytes of the block at `off`, if that
-    /// lies in the arena and is 8-aligned.
-    #[inline]
-    pub(crate) fn link(&self, off: u64) -> Option<&'s AtomicU64> {
-        let rel = off.wrapping_sub(self.geo.arena_start);
-        if rel >= self.geo.arena_bytes() || off % GRANULE != 0 {
-            return None;
-        }
-        // SAFETY: `off` is 8-aligned inside the arena, which lies inside the
-        // live mapping (validated at attach); the mapping base is page
-        // aligned, so the address is aligned for AtomicU64. Any bit pattern
-        // is a valid AtomicU64 and all access to it is atomic.
-        Some(unsafe { &*(self.base.as_ptr().add(off as usize) as *const AtomicU64) })
+/// The block a head or link names, if it is a block of class `class`.
+#[inline]
+fn listed<'s>(heap: &SharedHeap<'s>, off: u64, class: usize) -> Option<(Block, &'s AtomicU64)> {
+    match heap.locate(off) {
+        Ok(b) if b.class == class && b.start == off => heap.meta_word(b).map(|m| (b, m)),
+        _ => None,
     }
+}
 
-    /// Pops from `head`. Returns the block and whether the first CAS lost a
-    /// race (a hint to move to another shard).
-    #[inline]
-    pub(crate) fn pop(&self, head: &AtomicU64) -> (Pop, bool) {
-        // Acquire: pairs with the Release CAS in push(), so the pushed
-        // block's link and page map entries are visible before we read them.
-        let mut cur = head.load(Ordering::Acquire);
-        let mut contended = false;
-        loop {
-            let off = head_offset(cur);
-            if off == 0 {
-                return (Pop::Empty, contended);
-            }
-            let (next, garbage) = match self.link(off) {
-                Some(link) => {
-                    let n = link.load(Ordering::Relaxed);
-                    // A link that cannot be a head value is garbage; if the
-                    // CAS below confirms that the head did not move, the list
-                    // really is corrupt: cut it here (its tail is leaked,
-                    // never handed out twice).
-                    if n > 0xffff_ffff {
-                        (0, true)
-                    } else {
-                        (n, false)
-                    }
-                }
-                None => {
-                    // The head itself is garbage: empty the list.
-                    self.note_corruption();
-                    let _ = head.compare_exchange(
-                        cur,
-                        pack(tag(cur).wrapping_add(1), 0),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    return (Pop::Empty, true);
-                }
-            };
-            let new = (u64::from(tag(cur).wrapping_add(1)) << 32) | next;
-            // Acquire on both outcomes: a retry reads the link of the block
-            // the new head names, published by its pusher's Release.
-            match head.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire) {
-                Ok(_) => {
-                    if garbage {
-                        self.note_corruption();
-                    }
-                    return (Pop::Block(off, new), contended);
-                }
-                Err(seen) => {
-                    contended = true;
-                    cur = seen;
-                }
-            }
+/// Pops a block of class `class` from `head`. The flag says whether a CAS
+/// race was lost on the way (the caller then moves to another shard).
+#[inline]
+pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop, bool) {
+    // Acquire: pairs with the Release CAS in push_chain(), so the link
+    // stored into the meta word before the push is visible.
+    let mut cur = head.load(Ordering::Acquire);
+    let mut contended = false;
+    loop {
+        let off = head_offset(cur);
+        if off == 0 {
+            return (Pop::Empty, contended);
         }
-    }
-
-    /// Pushes the chain `first ..= last` (already linked first -> last) onto
-    /// `head`. Both blocks must lie in the arena. Returns whether the first
-    /// CAS lost a race.
-    #[inline]
-    pub(crate) fn push_chain(&self, head: &AtomicU64, first: u64, last: u64) -> bool {
-        let (Some(_), Some(last_link)) = (self.link(first), self.link(last)) else {
-            return false;
+        let Some((block, word)) = listed(heap, off, class) else {
+            // Not a block of this list: a peer corrupted the head.
+            heap.note_corruption();
+            cut(head, cur);
+            return (Pop::Empty, true);
         };
-        let mut cur = head.load(Ordering::Relaxed);
-        let mut contended = false;
-        loop {
-            last_link.store(cur & 0xffff_ffff, Ordering::Relaxed);
-            let new = pack(tag(cur).wrapping_add(1), first);
-            // Release: publishes the link just stored (and the chain's
-            // links and page map entries) to the Acquire load in pop().
-            match head.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return contended,
-                Err(seen) => {
+        let seen = word.load(Ordering::Acquire);
+        let next = match meta::decode(seen, off) {
+            Meta::Free { next } if next / GRANULE <= 0xffff_ffff => next,
+            _ => {
+                // Either someone popped and claimed the block since we read
+                // the head (the head moved: retry), or the word is garbage.
+                let now = head.load(Ordering::Acquire);
+                if now != cur {
+                    cur = now;
                     contended = true;
-                    cur = seen;
+                    continue;
                 }
+                heap.note_corruption();
+                cut(head, cur);
+                return (Pop::Empty, true);
+            }
+        };
+        let new = pack(tag(cur).wrapping_add(1), next);
+        // Acquire: as the load above, for the value we install.
+        match head.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => {
+                return (
+                    Pop::Block {
+                        block,
+                        seen,
+                        installed: new,
+                    },
+                    contended,
+                )
+            }
+            Err(seen_head) => {
+                contended = true;
+                cur = seen_head;
             }
         }
     }
+}
 
-    /// Pushes one block.
-    #[inline]
-    pub(crate) fn push(&self, head: &AtomicU64, off: u64) -> bool {
-        self.push_chain(head, off, off)
+/// Pushes the chain `first ..= last` (already linked through their meta
+/// words, `last`'s link is set here) onto `head`. Returns whether a CAS
+/// race was lost.
+#[inline]
+pub(crate) fn push_chain(head: &AtomicU64, first: u64, last_word: &AtomicU64) -> bool {
+    let mut cur = head.load(Ordering::Relaxed);
+    let mut contended = false;
+    loop {
+        last_word.store(meta::free(head_offset(cur)), Ordering::Relaxed);
+        let new = pack(tag(cur).wrapping_add(1), first);
+        // Release: publishes the meta words of the chain to the Acquire
+        // load in pop().
+        match head.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return contended,
+            Err(seen) => {
+                contended = true;
+                cur = seen;
+            }
+        }
     }
+}
 
-    /// Cuts a list whose head is still `installed` (the value a pop that
-    /// met a corrupt block installed): the rest of the chain is garbage, so
-    /// it is dropped (leaked) rather than followed.
-    pub(crate) fn cut(&self, head: &AtomicU64, installed: u64) {
-        let _ = head.compare_exchange(
-            installed,
-            pack(tag(installed).wrapping_add(1), 0),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(crate) fn note_corruption(&self) {
-        self.header().corrupt_events.fetch_add(1, Ordering::Relaxed);
-    }
+/// Empties a list whose head (`installed`, the value a pop installed or
+/// saw) leads to garbage: the rest of the list is leaked rather than
+/// followed. A no-op if the head has moved on.
+pub(crate) fn cut(head: &AtomicU64, installed: u64) {
+    let _ = head.compare_exchange(
+        installed,
+        pack(tag(installed).wrapping_add(1), 0),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::heap::testing::TestRegion;
+    use std::alloc::Layout;
 
     #[test]
     fn head_words_round_trip() {
@@ -205,35 +193,48 @@ mod tests {
     }
 
     #[test]
-    fn push_pop_is_lifo_and_bumps_the_tag() {
-        let region = TestRegion::new(1 << 20);
-        let heap = region.heap();
-        let head = AtomicU64::new(0);
-        let a = heap.geo.arena_start;
-        let b = a + 64;
-        heap.push(&head, a);
-        heap.push(&head, b);
-        assert_eq!(tag(head.load(Ordering::Relaxed)), 2);
-        assert!(matches!(heap.pop(&head).0, Pop::Block(x, _) if x == b));
-        assert!(matches!(heap.pop(&head).0, Pop::Block(x, _) if x == a));
-        assert!(matches!(heap.pop(&head).0, Pop::Empty));
-        assert_eq!(tag(head.load(Ordering::Relaxed)), 4);
-    }
-
-    #[test]
     fn garbage_heads_and_links_are_contained() {
         let region = TestRegion::new(1 << 20);
         let heap = region.heap();
+        let l = Layout::new::<u64>();
+        let c = super::super::class::class_of(l).unwrap();
         // A head pointing outside the arena is emptied, not followed.
         let head = AtomicU64::new(pack(3, 8));
-        assert!(matches!(heap.pop(&head).0, Pop::Empty));
+        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
         assert_eq!(head_offset(head.load(Ordering::Relaxed)), 0);
-        // A link that is not a head value cuts the list after its block.
-        let a = heap.geo.arena_start;
-        heap.push(&head, a);
-        heap.link(a).unwrap().store(u64::MAX, Ordering::Relaxed);
-        assert!(matches!(heap.pop(&head).0, Pop::Block(x, _) if x == a));
-        assert!(matches!(heap.pop(&head).0, Pop::Empty));
-        assert_eq!(heap.header().corrupt_events.load(Ordering::Relaxed), 2);
+        // A head naming an allocated block is cut, the block not handed out.
+        let p = heap.alloc(l).unwrap().offset();
+        head.store(pack(4, p), Ordering::Relaxed);
+        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert_eq!(head_offset(head.load(Ordering::Relaxed)), 0);
+        // A link that is garbage ends the list after its block.
+        let b = heap.locate(p).unwrap();
+        let word = heap.meta_word(b).unwrap();
+        word.store(meta::free(0), Ordering::Relaxed);
+        head.store(pack(5, p), Ordering::Relaxed);
+        word.store(u64::MAX, Ordering::Relaxed);
+        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert_eq!(heap.header().corrupt_events.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn push_pop_is_lifo_and_bumps_the_tag() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let l = Layout::new::<u64>();
+        let c = super::super::class::class_of(l).unwrap();
+        let a = heap.alloc(l).unwrap().offset();
+        let b = heap.alloc(l).unwrap().offset();
+        let head = AtomicU64::new(0);
+        for off in [a, b] {
+            let word = heap.meta_word(heap.locate(off).unwrap()).unwrap();
+            word.store(meta::free(0), Ordering::Relaxed);
+            push_chain(&head, off, word);
+        }
+        assert_eq!(tag(head.load(Ordering::Relaxed)), 2);
+        assert!(matches!(pop(&heap, &head, c).0, Pop::Block { block, .. } if block.start == b));
+        assert!(matches!(pop(&heap, &head, c).0, Pop::Block { block, .. } if block.start == a));
+        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert_eq!(tag(head.load(Ordering::Relaxed)), 4);
     }
 }

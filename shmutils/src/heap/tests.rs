@@ -5,11 +5,36 @@ use std::alloc::Layout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::class::{block_size, SLAB_BYTES};
+use super::meta;
 use super::testing::TestRegion;
 use super::*;
 
 fn layout(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
+}
+
+/// `heap.free`, for blocks the tests own and hold no reference to.
+fn free(heap: &SharedHeap<'_>, p: RelPtr<u8>, l: Layout) -> Result<()> {
+    // SAFETY: the tests free only blocks they allocated and hold no
+    // reference into (or, on purpose, pointers the heap must refuse).
+    unsafe { heap.free(p, l) }
+}
+
+/// `heap.delete`, under the same rule as `free`.
+fn delete<T: Shared>(heap: &SharedHeap<'_>, p: RelPtr<T>) -> Result<()> {
+    // SAFETY: as in free().
+    unsafe { heap.delete(p) }
+}
+
+/// `heap.delete_slice`, under the same rule as `free`.
+fn delete_slice<T: Shared>(heap: &SharedHeap<'_>, s: RelSlice<T>) -> Result<()> {
+    // SAFETY: as in free(); the callers' references into the slice are dead.
+    unsafe { heap.delete_slice(s) }
+}
+
+/// A forged pointer (what a peer could write into the segment).
+fn forge<T>(off: u64) -> RelPtr<T> {
+    RelPtr::from_heap(off)
 }
 
 fn class_bytes(heap: &SharedHeap<'_>, p: RelPtr<u8>) -> u64 {
@@ -21,11 +46,11 @@ fn alloc_free_alloc_reuses_the_block() {
     let region = TestRegion::new(1 << 20);
     let heap = region.heap();
     let a = heap.alloc(layout(24, 8)).unwrap();
-    heap.free(a, layout(24, 8)).unwrap();
+    free(&heap, a, layout(24, 8)).unwrap();
     let b = heap.alloc(layout(24, 8)).unwrap();
     assert_eq!(a, b);
     let big = heap.alloc(layout(20_000, 8)).unwrap();
-    heap.free(big, layout(20_000, 8)).unwrap();
+    free(&heap, big, layout(20_000, 8)).unwrap();
     assert_eq!(heap.alloc(layout(20_000, 8)).unwrap(), big);
 }
 
@@ -63,7 +88,7 @@ fn alignments_up_to_a_page_are_honoured() {
             assert_eq!(addr % align, 0, "size {size} align {align}");
             assert_eq!(p.offset() % align as u64, 0);
             assert!(class_bytes(&heap, p) >= size as u64);
-            heap.free(p, l).unwrap();
+            free(&heap, p, l).unwrap();
         }
         align *= 2;
     }
@@ -97,7 +122,7 @@ fn stats_return_to_their_start_after_everything_is_freed() {
     let n48 = (0..200).filter(|i| sizes[i % sizes.len()] == 40).count() as u64;
     assert_eq!((c48.in_use, c48.spans), (n48, 1));
     for (p, l) in blocks {
-        heap.free(p, l).unwrap();
+        free(&heap, p, l).unwrap();
     }
     let end = heap.stats();
     assert_eq!(end.in_use_bytes, start.in_use_bytes);
@@ -118,12 +143,12 @@ fn bad_frees_are_typed_errors_and_leave_the_heap_intact() {
     let l = layout(64, 8);
     let p = heap.alloc(l).unwrap();
     let q = heap.alloc(l).unwrap();
-    heap.free(p, l).unwrap();
-    match heap.free(p, l) {
+    free(&heap, p, l).unwrap();
+    match free(&heap, p, l) {
         Err(Error::DoubleFree { offset }) => assert_eq!(offset, p.offset()),
         other => panic!("double free gave {other:?}"),
     }
-    match heap.free(q, layout(8, 8)) {
+    match free(&heap, q, layout(8, 8)) {
         Err(Error::WrongLayout {
             block_size: 64,
             size: 8,
@@ -131,9 +156,9 @@ fn bad_frees_are_typed_errors_and_leave_the_heap_intact() {
         }) => {}
         other => panic!("wrong layout gave {other:?}"),
     }
-    let inside = RelPtr::from_offset(q.offset() + 8);
+    let inside = forge(q.offset() + 8);
     assert!(matches!(
-        heap.free(inside, l),
+        free(&heap, inside, l),
         Err(Error::InvalidPointer { .. })
     ));
     for foreign in [
@@ -142,7 +167,7 @@ fn bad_frees_are_typed_errors_and_leave_the_heap_intact() {
         region_end(&heap) + 64,
         heap.geo.arena_start + SLAB_BYTES * 3,
     ] {
-        match heap.free(RelPtr::from_offset(foreign), l) {
+        match free(&heap, forge(foreign), l) {
             Err(Error::InvalidPointer { offset, reason }) => {
                 assert_eq!(offset, foreign);
                 assert!(!reason.is_empty());
@@ -153,7 +178,7 @@ fn bad_frees_are_typed_errors_and_leave_the_heap_intact() {
     // q is still allocated and freeable; nothing was disturbed.
     assert!(heap.is_allocated(q.offset(), l));
     assert!(!heap.is_allocated(p.offset(), l));
-    heap.free(q, l).unwrap();
+    free(&heap, q, l).unwrap();
     let r = heap.check();
     assert!(r.is_clean(), "{r}");
 }
@@ -173,39 +198,38 @@ fn get_checks_null_bounds_and_alignment() {
         Err(Error::InvalidPointer { offset: 0, .. })
     ));
     assert!(matches!(
-        heap.get(RelPtr::<u64>::from_offset(64)),
+        heap.get(forge::<u64>(64)),
         Err(Error::InvalidPointer { offset: 64, .. })
     ));
     let end = heap.geo.end();
     assert!(matches!(
-        heap.get(RelPtr::<u64>::from_offset(end - 4)),
+        heap.get(forge::<u64>(end - 4)),
         Err(Error::OutOfBounds { .. })
     ));
     assert!(matches!(
-        heap.get(RelPtr::<u64>::from_offset(u64::MAX - 2)),
+        heap.get(forge::<u64>(u64::MAX - 2)),
         Err(Error::OutOfBounds { .. })
     ));
     assert!(matches!(
-        heap.get(RelPtr::<u64>::from_offset(p.offset() + 4)),
+        heap.get(forge::<u64>(p.offset() + 4)),
         Err(Error::Misaligned { align: 8, .. })
     ));
-    assert!(heap.get(RelPtr::<u64>::from_offset(end - 8)).is_ok());
-    // get_checked also wants a live allocation that holds the whole T.
+    assert!(matches!(
+        heap.get(forge::<u64>(end - 8)),
+        Err(Error::InvalidPointer { .. })
+    ));
+    // The block holds an AtomicU64: other types are refused.
+    assert!(matches!(
+        heap.get(forge::<[u32; 2]>(p.offset())),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        heap.get(forge::<u64>(p.offset())),
+        Err(Error::TypeMismatch { .. })
+    ));
     assert!(heap.get_checked(p).is_ok());
-    assert!(matches!(
-        heap.get_checked(RelPtr::<[u64; 2]>::from_offset(p.offset())),
-        Err(Error::InvalidPointer { .. })
-    ));
-    heap.delete(p).unwrap();
-    assert!(heap.get(p).is_ok(), "get does not check liveness");
-    assert!(matches!(
-        heap.get_checked(p),
-        Err(Error::InvalidPointer { .. })
-    ));
-    assert!(matches!(
-        heap.get_checked(RelPtr::<u64>::from_offset(end - 8)),
-        Err(Error::InvalidPointer { .. })
-    ));
+    delete(&heap, p).unwrap();
+    assert!(matches!(heap.get(p), Err(Error::FreedObject { .. })));
 }
 
 #[test]
@@ -217,27 +241,36 @@ fn values_slices_and_reverse_lookup() {
     let words = heap.new_slice(&[1u64, 2, 3]).unwrap();
     let got = heap.get_slice(words).unwrap();
     assert_eq!(got, &[1, 2, 3]);
-    assert_eq!(heap.ptr_of(&got[1]).unwrap().offset(), words.offset() + 8);
+    // A slice may start at any element of its block, not between two.
+    let tail = RelSlice::<u64>::from_heap(words.offset() + 8, 2);
+    assert_eq!(heap.get_slice(tail).unwrap(), &[2, 3]);
+    assert!(heap
+        .get_slice(RelSlice::<u64>::from_heap(words.offset() + 8, 4))
+        .is_err());
+    assert!(heap
+        .get_slice(RelSlice::<u64>::from_heap(words.offset() + 4, 1))
+        .is_err());
+    // An element of a slice is not a `T` block of its own.
+    assert!(heap.ptr_of(&got[1]).is_err());
     let local = 7u64;
     assert!(heap.ptr_of(&local).is_err());
     let z = heap.new_zeroed::<[u64; 4]>().unwrap();
-    assert_eq!(*heap.get(z).unwrap(), [0; 4]);
+    let zr = heap.get(z).unwrap();
+    assert_eq!(*zr, [0; 4]);
+    assert_eq!(heap.ptr_of(zr).unwrap(), z);
     let empty = heap.new_slice::<u32>(&[]).unwrap();
     assert!(empty.is_empty());
     assert_eq!(heap.get_slice(empty).unwrap(), &[] as &[u32]);
-    heap.delete_slice(empty).unwrap();
+    delete_slice(&heap, empty).unwrap();
     assert!(heap
-        .get_slice(RelSlice::<u64>::from_raw_parts(
-            words.offset(),
-            u64::MAX / 4
-        ))
+        .get_slice(RelSlice::<u64>::from_heap(words.offset(), u64::MAX / 4))
         .is_err());
-    heap.delete_slice(s).unwrap();
-    heap.delete_slice(words).unwrap();
-    heap.delete(z).unwrap();
+    delete_slice(&heap, s).unwrap();
+    delete_slice(&heap, words).unwrap();
+    delete(&heap, z).unwrap();
     assert!(matches!(
-        heap.delete_slice(s),
-        Err(Error::DoubleFree { .. })
+        delete_slice(&heap, s),
+        Err(Error::FreedObject { .. })
     ));
     assert!(heap.check().is_clean());
 }
@@ -270,7 +303,7 @@ fn out_of_memory_is_an_error_and_the_heap_recovers() {
         Err(Error::OutOfMemory { .. })
     ));
     for p in held.drain(..) {
-        heap.free(p, l).unwrap();
+        free(&heap, p, l).unwrap();
     }
     // Freed blocks serve the class again.
     assert!(heap.alloc(l).is_ok());
@@ -284,11 +317,13 @@ fn a_garbled_free_list_costs_blocks_never_double_ownership() {
     let l = layout(64, 8);
     let live: Vec<_> = (0..10).map(|_| heap.alloc(l).unwrap()).collect();
     let victim = heap.alloc(l).unwrap();
-    heap.free(victim, l).unwrap();
-    // A stale reference writes into the freed block: its link now names a
+    free(&heap, victim, l).unwrap();
+    // A peer scribbles the freed block's meta word: its link now names a
     // live block (the worst garbage: valid-looking).
-    let stale: &AtomicU64 = heap.get(victim.cast()).unwrap();
-    stale.store(live[3].offset() / 8, Ordering::Relaxed);
+    let word = heap
+        .meta_word(heap.locate(victim.offset()).unwrap())
+        .unwrap();
+    word.store(meta::free(live[3].offset()), Ordering::Relaxed);
     let mut got = Vec::new();
     for _ in 0..50 {
         got.push(heap.alloc(l).unwrap());
@@ -336,20 +371,17 @@ fn a_page_map_entry_posing_as_a_span_start_cannot_overlap_blocks() {
     // 86 blocks of 48 bytes from one fresh slab: block 85 spans the first
     // page boundary (4080..4128 from the slab's start).
     let l = layout(48, 8);
-    let mut blocks: Vec<u64> = (0..86).map(|_| heap.alloc(l).unwrap().offset()).collect();
+    let blocks: Vec<u64> = (0..86).map(|_| heap.alloc(l).unwrap().offset()).collect();
     let span = blocks[0];
     assert!(blocks.contains(&(span + 4080)));
-    // Block 1's allocation bit is the one block 0 of a span starting at
-    // the next page would use: free it, so that bit is clear.
-    assert_eq!(blocks.remove(1), span + 48);
-    heap.free(RelPtr::from_offset(span + 48), l).unwrap();
     // A peer makes the slab's second page look like the first page of a
-    // span of 64-byte blocks, and a garbage link leads to its first block.
+    // span of 64-byte blocks, and a garbage head leads to its first block.
     let page = (span - heap.geo.arena_start) / PAGE;
     let c64 = class_of(layout(64, 8)).unwrap();
     let word = heap.page_word(page + 1).unwrap();
     word.store((c64 as u32 + 1) << 24, Ordering::Relaxed);
-    heap.push(heap.head(current_shard(), c64), span + 4096);
+    heap.head(current_shard(), c64)
+        .store(stack::pack(9, span + 4096), Ordering::Relaxed);
     // Whatever alloc hands out must not overlap the 48-byte blocks.
     for _ in 0..4 {
         if let Ok(p) = heap.alloc(layout(64, 8)) {
@@ -369,11 +401,11 @@ fn a_block_lost_mid_operation_is_reported_as_leaked_not_corrupt() {
     let heap = region.heap();
     let l = layout(100, 8);
     let p = heap.alloc(l).unwrap();
-    heap.free(p, l).unwrap();
+    free(&heap, p, l).unwrap();
     // Simulate a process killed between its pop and its bitmap update.
     let c = heap.locate(p.offset()).unwrap().class;
-    let popped = (0..NSHARDS).find_map(|s| match heap.pop(heap.head(s, c)).0 {
-        Pop::Block(off, _) => Some(off),
+    let popped = (0..NSHARDS).find_map(|s| match stack::pop(&heap, heap.head(s, c), c).0 {
+        Pop::Block { block, .. } => Some(block.start),
         Pop::Empty => None,
     });
     assert!(popped.is_some());
@@ -393,33 +425,57 @@ fn check_reports_forged_bookkeeping() {
     let region = TestRegion::new(1 << 20);
     let heap = region.heap();
     let l = layout(32, 8);
+    let q = heap.alloc(l).unwrap();
     let p = heap.alloc(l).unwrap();
-    heap.free(p, l).unwrap();
+    free(&heap, p, l).unwrap();
+    let word = heap.meta_word(heap.locate(p.offset()).unwrap()).unwrap();
+    let free_word = word.load(Ordering::Relaxed);
     // A free block marked allocated too.
-    let (w, m) = heap.bit(heap.locate(p.offset()).unwrap()).unwrap();
-    w.fetch_or(m, Ordering::Relaxed);
+    word.store(
+        meta::allocated(meta::RAW, p.offset(), false),
+        Ordering::Relaxed,
+    );
     let r = heap.check();
     assert!(
-        r.corruption.iter().any(|c| c.contains("marked allocated")),
+        r.corruption.iter().any(|c| c.contains("meta word says")),
         "{r}"
     );
-    w.fetch_and(!m, Ordering::Relaxed);
-    // A stray bit where no block of the slab has its bit.
-    let line = heap
-        .bitmap_line(heap.locate(p.offset()).unwrap().span_page)
+    // A meta word that is no valid state.
+    word.store(u64::MAX, Ordering::Relaxed);
+    let r = heap.check();
+    assert!(
+        r.corruption.iter().any(|c| c.contains("not a valid state")),
+        "{r}"
+    );
+    word.store(free_word, Ordering::Relaxed);
+    // An allocated block naming a type entry that does not exist.
+    let qword = heap.meta_word(heap.locate(q.offset()).unwrap()).unwrap();
+    qword.store(meta::allocated(77, q.offset(), false), Ordering::Relaxed);
+    let r = heap.check();
+    assert!(
+        r.corruption.iter().any(|c| c.contains("type table entry")),
+        "{r}"
+    );
+    qword.store(
+        meta::allocated(meta::RAW, q.offset(), false),
+        Ordering::Relaxed,
+    );
+    // A span word on a page that starts no large block.
+    let span_word = heap
+        .meta_word(Block {
+            class: NSMALL,
+            start: 0,
+            span_page: heap.locate(p.offset()).unwrap().span_page,
+            index: 0,
+        })
         .unwrap();
-    let (w, m) = (&line[7], 1u64 << 63);
-    w.fetch_or(m, Ordering::Relaxed);
+    span_word.store(1, Ordering::Relaxed);
     let r = heap.check();
-    assert!(
-        r.corruption.iter().any(|c| c.contains("allocation bits")),
-        "{r}"
-    );
-    w.fetch_and(!m, Ordering::Relaxed);
+    assert!(r.corruption.iter().any(|c| c.contains("span word")), "{r}");
+    span_word.store(0, Ordering::Relaxed);
+    assert!(heap.check().is_consistent());
     // A cycle: the block links to itself.
-    heap.link(p.offset())
-        .unwrap()
-        .store(p.offset() / 8, Ordering::Relaxed);
+    word.store(meta::free(p.offset()), Ordering::Relaxed);
     let r = heap.check();
     assert!(r.corruption.iter().any(|c| c.contains("twice")), "{r}");
     // A head pointing into the bookkeeping.
@@ -442,15 +498,16 @@ fn attach_refuses_a_scribbled_header() {
     let region = TestRegion::new(1 << 20);
     let heap = region.heap();
     heap.header().arena_pages.store(1 << 40, Ordering::Relaxed);
+    let types = TypeCache::new();
     // SAFETY: the test region outlives the attempt.
-    let again = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, None, None) };
+    let again = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &types, None, None) };
     match again {
         Err(Error::HeapCorrupt { what }) => assert!(what.contains("arena pages"), "{what}"),
         other => panic!("{other:?}"),
     }
     heap.header().magic.store(0, Ordering::Relaxed);
     // SAFETY: as above.
-    let again = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, None, None) };
+    let again = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &types, None, None) };
     assert!(matches!(again, Err(Error::HeapCorrupt { .. })));
 }
 
@@ -479,12 +536,12 @@ fn threads_share_the_heap_without_double_ownership() {
                     } else {
                         let (s, tag) = held.swap_remove((rng >> 16) as usize % held.len());
                         assert!(heap.get_slice(s).unwrap().iter().all(|&w| w == tag));
-                        heap.delete_slice(s).unwrap();
+                        delete_slice(&heap, s).unwrap();
                     }
                 }
                 for (s, tag) in held {
                     assert!(heap.get_slice(s).unwrap().iter().all(|&w| w == tag));
-                    heap.delete_slice(s).unwrap();
+                    delete_slice(&heap, s).unwrap();
                 }
             });
         }
@@ -492,4 +549,163 @@ fn threads_share_the_heap_without_double_ownership() {
     let r = heap.check();
     assert!(r.is_clean(), "{r}");
     assert_eq!(heap.stats().in_use_bytes, 0);
+}
+
+#[test]
+fn every_typed_read_checks_the_blocks_type() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let atomic = heap.new(AtomicU64::new(5)).unwrap();
+    let plain = heap.new(5u64).unwrap();
+    let words = heap.new_slice(&[1u32, 2]).unwrap();
+    let raw = heap.alloc(layout(8, 8)).unwrap();
+    // The right type resolves.
+    assert!(heap.get(atomic).is_ok() && heap.get(plain).is_ok());
+    assert_eq!(heap.get_slice(words).unwrap(), &[1, 2]);
+    // Every other view of the same bytes is a TypeMismatch, never a
+    // reference (a `&u64` beside the `&AtomicU64` would see stores change
+    // it).
+    let mismatch = |r: Result<()>| matches!(r, Err(Error::TypeMismatch { .. }));
+    assert!(mismatch(heap.get(forge::<u64>(atomic.offset())).map(drop)));
+    assert!(mismatch(
+        heap.get(forge::<AtomicU64>(plain.offset())).map(drop)
+    ));
+    assert!(mismatch(heap.get(forge::<i64>(plain.offset())).map(drop)));
+    assert!(mismatch(heap.get(forge::<u64>(words.offset())).map(drop)));
+    assert!(mismatch(heap.get(forge::<u32>(words.offset())).map(drop)));
+    assert!(mismatch(
+        heap.get_slice(RelSlice::<i32>::from_heap(words.offset(), 2))
+            .map(drop)
+    ));
+    assert!(mismatch(
+        heap.get_slice(RelSlice::<u64>::from_heap(plain.offset(), 1))
+            .map(drop)
+    ));
+    assert!(mismatch(heap.get(forge::<u64>(raw.offset())).map(drop)));
+    assert!(mismatch(heap.get(forge::<u8>(raw.offset())).map(drop)));
+    // The message names both types.
+    match heap.get(forge::<u64>(atomic.offset())) {
+        Err(Error::TypeMismatch {
+            expected, found, ..
+        }) => {
+            assert!(expected.starts_with("u64 ("), "{expected}");
+            assert!(found.starts_with("AtomicU64 ("), "{found}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Pointers into a value, or past it, are not values.
+    let pair = heap.new([1u32, 2]).unwrap();
+    assert!(matches!(
+        heap.get(forge::<u32>(pair.offset() + 4)),
+        Err(Error::InvalidPointer { .. })
+    ));
+    // The type table records them, for tools.
+    let names: Vec<String> = heap
+        .types()
+        .into_iter()
+        .map(|(_, r)| r.describe())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("AtomicU64 (")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.starts_with("[u32] (")), "{names:?}");
+}
+
+#[test]
+fn a_freed_block_reused_by_another_type_never_resolves_as_the_old_one() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let p = heap.new(7u64).unwrap();
+    delete(&heap, p).unwrap();
+    assert!(matches!(heap.get(p), Err(Error::FreedObject { .. })));
+    // The same block, now an AtomicU64 (same size class, LIFO list).
+    let q = heap.new(AtomicU64::new(9)).unwrap();
+    assert_eq!(q.offset(), p.offset());
+    assert!(matches!(heap.get(p), Err(Error::TypeMismatch { .. })));
+    // Deleting through the stale typed pointer is refused too.
+    assert!(matches!(delete(&heap, p), Err(Error::TypeMismatch { .. })));
+    assert_eq!(heap.get(q).unwrap().load(Ordering::Relaxed), 9);
+}
+
+#[test]
+fn a_box_is_private_until_published_and_frees_on_drop() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let mut b = heap.new_box_zeroed::<[u64; 3]>().unwrap();
+    let p = b.rel();
+    // Nobody resolves a private block, not even this process.
+    assert!(matches!(heap.get(p), Err(Error::InvalidPointer { .. })));
+    b[1] = 1923;
+    b[2] = 8900;
+    assert_eq!(*b, [0, 1923, 8900]);
+    drop(b);
+    assert!(matches!(heap.get(p), Err(Error::FreedObject { .. })));
+    assert_eq!(heap.stats().in_use_blocks, 0);
+    // Published: readable by all, the box gone.
+    let mut b = heap.new_box(5u64).unwrap();
+    *b += 1;
+    let p = b.into_rel();
+    assert_eq!(*heap.get(p).unwrap(), 6);
+    // Taken back (unsafe: nobody may still hold a reference).
+    // SAFETY: the reference above is dead.
+    let mut b = unsafe { SharedBox::from_rel(&heap, p) }.unwrap();
+    assert!(matches!(heap.get(p), Err(Error::InvalidPointer { .. })));
+    *b = 7;
+    drop(b);
+    assert!(matches!(heap.get(p), Err(Error::FreedObject { .. })));
+    // from_rel checks what it takes.
+    let other = heap.new(AtomicU64::new(0)).unwrap();
+    // SAFETY: refused before anything is taken.
+    assert!(unsafe { SharedBox::from_rel(&heap, forge::<u64>(other.offset())) }.is_err());
+    assert!(heap.check().is_consistent());
+}
+
+#[test]
+fn a_box_copied_into_a_forked_generation_neither_frees_nor_derefs() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let b = heap.new_box(3u64).unwrap();
+    let p = b.rel();
+    // The box as a forked child would hold it (the generation changed).
+    let copy = std::mem::ManuallyDrop::new(b);
+    // SAFETY: a bitwise copy of the box, playing the child's copy; the
+    // original is never dropped (ManuallyDrop).
+    let mut child: SharedBox<'_, u64> = unsafe { std::ptr::read(&*copy) };
+    boxed::tests_support::age(&mut child);
+    let deref = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| *child));
+    assert!(deref.is_err(), "a forked copy must not reach the block");
+    drop(child);
+    // The block is still the parent's: allocated, private.
+    assert!(heap.is_allocated(p.offset(), Layout::new::<u64>()));
+    let parent = std::mem::ManuallyDrop::into_inner(copy);
+    assert_eq!(*parent, 3);
+}
+
+#[test]
+fn a_scribbled_type_table_gives_errors_never_another_type() {
+    let region = TestRegion::new(1 << 20);
+    let heap = region.heap();
+    let a = heap.new(AtomicU64::new(1)).unwrap();
+    let u = heap.new(2u64).unwrap();
+    // A second process (a fresh type cache) that has not read the table yet.
+    let fresh = TypeCache::new();
+    // SAFETY: the region outlives the view.
+    let other = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &fresh, None, None) }
+        .unwrap();
+    // A peer rewrites every entry's fingerprint to u64's.
+    let table = heap.type_table();
+    for e in table.entries.iter() {
+        e.fingerprint_for_tests()
+            .store(u64::FINGERPRINT, Ordering::Relaxed);
+    }
+    // This process learned the entries before: unchanged answers.
+    assert!(heap.get(a).is_ok());
+    assert!(heap.get(forge::<u64>(a.offset())).is_err());
+    // The other one meets entries whose check word fails: errors only.
+    assert!(other.get(forge::<u64>(a.offset())).is_err());
+    assert!(other.get(a).is_err());
+    // (u64's own entry was "rewritten" to what it already held.)
+    assert_eq!(*other.get(u).unwrap(), 2);
+    assert!(!other.check().is_consistent());
 }

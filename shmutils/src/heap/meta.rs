@@ -1,0 +1,156 @@
+//! The meta word of a block: whether it is free or allocated, its free-list
+//! link, its type and whether a [`SharedBox`](super::SharedBox) still owns
+//! it. One `AtomicU64` per block, kept *outside* the block (at the tail of
+//! its slab, or in the span words for a large block), so the allocator
+//! never reads or writes the bytes of a block: a free-list link is never
+//! read from memory another thread may be writing as a value.
+//!
+//! # States
+//!
+//! ```text
+//!  63     62    61       60..48   47..32   31..0
+//! +------+-----+--------+--------+--------+------------------+
+//! |ALLOC |FREE |PRIVATE | 0      | seal   | type id          |  allocated
+//! +------+-----+--------+--------+--------+------------------+
+//! |0     |1    | 0      | next free block's offset / 8 (0: end)  |  free
+//! +------+-----+--------+-----------------------------------+
+//!
+//! value                   meaning                       who moves it on
+//! ----------------------  ----------------------------  ------------------------------
+//! 0                       never initialized (fresh      carve: CAS 0 -> allocated (the
+//!                         pages are zero)               carver's block) or store free
+//! FREE | next             free: on a list (or held by   push: store FREE | head, CAS head
+//!                         a cache, or popped by a       alloc: CAS from the exact value
+//!                         thread that died)             popped -> ALLOC | type
+//! ALLOC|PRIVATE|seal|ty   owned by one SharedBox,       into_rel: store ALLOC | seal | ty
+//!                         resolvable by nobody          drop: CAS -> FREE (then push)
+//! ALLOC|seal|ty           published, resolvable as ty   free (unsafe): CAS -> FREE
+//! anything else           corrupt (a peer scribbled)    nothing: refused and reported
+//! ```
+//!
+//! The **seal** is 16 bits of a hash of the type id and the block's offset:
+//! a word a peer scribbled at random is refused (with odds of 2^-16 per
+//! word of passing), and a word copied from another block never passes.
+//! Type id 0 is [`RAW`]: bytes from [`alloc`](super::SharedHeap::alloc),
+//! which no typed read resolves.
+
+/// The block is allocated.
+const ALLOC: u64 = 1 << 63;
+/// The block is free.
+const FREE: u64 = 1 << 62;
+/// The block is owned by a `SharedBox` of one process: not resolvable.
+const PRIVATE: u64 = 1 << 61;
+/// Bits that are zero in every valid word.
+const RESERVED_ALLOC: u64 = 0x1fff << 48;
+const LINK_MASK: u64 = (1 << 48) - 1;
+const SEAL_SHIFT: u32 = 32;
+
+/// The type id of untyped bytes ([`SharedHeap::alloc`](super::SharedHeap::alloc)).
+pub(crate) const RAW: u32 = 0;
+
+/// What a meta word says, read without trusting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Meta {
+    /// Never initialized.
+    Fresh,
+    /// Free; the next free block's offset (0 = end of list).
+    Free { next: u64 },
+    /// Allocated as `ty`; `private` while a `SharedBox` owns it.
+    Allocated { ty: u32, private: bool },
+    /// No valid state (or a seal that does not match the block).
+    Corrupt,
+}
+
+fn seal(ty: u32, offset: u64) -> u64 {
+    let mut x = (u64::from(ty) << 40) ^ offset ^ 0x9e37_79b9_7f4a_7c15;
+    x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 32)) & 0xffff
+}
+
+/// The word of the block at `offset` allocated as `ty`.
+#[inline]
+pub(crate) fn allocated(ty: u32, offset: u64, private: bool) -> u64 {
+    ALLOC | if private { PRIVATE } else { 0 } | seal(ty, offset) << SEAL_SHIFT | u64::from(ty)
+}
+
+/// The word of a free block whose list continues at `next` (0 = end).
+#[inline]
+pub(crate) fn free(next: u64) -> u64 {
+    FREE | (next / super::class::GRANULE) & LINK_MASK
+}
+
+/// Decodes the word of the block at `offset`.
+#[inline]
+pub(crate) fn decode(w: u64, offset: u64) -> Meta {
+    if w == 0 {
+        return Meta::Fresh;
+    }
+    if w & (ALLOC | FREE) == FREE {
+        if w & !(FREE | LINK_MASK) != 0 {
+            return Meta::Corrupt;
+        }
+        return Meta::Free {
+            next: (w & LINK_MASK) * super::class::GRANULE,
+        };
+    }
+    if w & (ALLOC | FREE) == ALLOC && w & RESERVED_ALLOC == 0 {
+        let ty = w as u32;
+        if (w >> SEAL_SHIFT) & 0xffff == seal(ty, offset) {
+            return Meta::Allocated {
+                ty,
+                private: w & PRIVATE != 0,
+            };
+        }
+    }
+    Meta::Corrupt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip() {
+        for off in [0x1000u64, 0x1_0008, 0x7_ffff_fff8] {
+            for ty in [RAW, 1, 511, u32::MAX] {
+                for private in [false, true] {
+                    assert_eq!(
+                        decode(allocated(ty, off, private), off),
+                        Meta::Allocated { ty, private }
+                    );
+                }
+            }
+            assert_eq!(decode(free(off + 64), off), Meta::Free { next: off + 64 });
+            assert_eq!(decode(free(0), off), Meta::Free { next: 0 });
+        }
+        assert_eq!(decode(0, 64), Meta::Fresh);
+    }
+
+    #[test]
+    fn copied_and_scribbled_words_are_corrupt() {
+        // A word copied to another block fails its seal.
+        let w = allocated(7, 0x2000, false);
+        assert_eq!(decode(w, 0x2040), Meta::Corrupt);
+        for bad in [
+            ALLOC | FREE,
+            u64::MAX,
+            FREE | PRIVATE,
+            ALLOC | (1 << 50) | 7,
+        ] {
+            assert_eq!(decode(bad, 0x2000), Meta::Corrupt, "{bad:#x}");
+        }
+        // Random words almost never pass.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut passed = 0;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if matches!(decode(x | ALLOC, 0x4000), Meta::Allocated { .. }) {
+                passed += 1;
+            }
+        }
+        assert!(passed < 10, "{passed} random words passed");
+    }
+}
