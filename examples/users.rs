@@ -1,12 +1,15 @@
 //! The seed roadmap's `User` example, end to end.
 //!
-//! The parent defines `User` with `#[derive(SharedStruct)]`, allocates one
-//! in a segment's heap with `User::with_heap(&heap).new(...)` (its
-//! `fullname` a `RelSlice<u8>`, which carries the seed's `fullname_len`),
-//! shows its size and layout fingerprint, and puts a second one behind a
-//! `Lock<User>`. A spawned child (this program re-executed) gets a handle
-//! to the lock on its command line, prints the user and sets its status
-//! under the lock; the parent sees the new status.
+//! The parent defines `User` with `#[derive(SharedStruct)]` and follows the
+//! seed's roadmap: it allocates a zeroed `User` in a segment's heap
+//! (`User::with_heap(&heap).new_box_zeroed()`, a `SharedBox` only this
+//! process can reach), assigns its fields one by one (its `fullname` a
+//! `RelSlice<u8>`, which carries the seed's `fullname_len`), publishes it
+//! (`into_rel`) and makes a handle for other processes. It also puts a
+//! second user behind a `Lock<User>`. A spawned child (this program
+//! re-executed) gets both handles on its command line, prints the first
+//! user and sets the second's status under the lock; the parent sees the
+//! new status.
 //!
 //! Run with `cargo run --example users`.
 
@@ -41,11 +44,29 @@ fn describe(heap: &SharedHeap<'_>, user: &User) -> Result<String, Error> {
     ))
 }
 
-/// The child: `users child TOKEN`.
-fn child(token: &str) -> Result<(), Error> {
+/// The child: `users child USER_TOKEN LOCKED_USER_TOKEN`.
+fn child(user_token: &str, token: &str) -> Result<(), Error> {
+    let published: Handle<User> = user_token.parse()?;
     let handle: Handle<Lock<User>> = token.parse()?;
     let seg = Segment::open(handle.segment_name())?;
     let heap = seg.heap();
+    println!(
+        "child {}: published {}",
+        std::process::id(),
+        describe(&heap, seg.resolve(&published)?)?
+    );
+    // The same token read as another type is an error, not a reference.
+    let wrong: Handle<Lock<User>> = user_token
+        .replacen(
+            &format!(".{:x}.", User::FINGERPRINT),
+            &format!(".{:x}.", <Lock<User>>::FINGERPRINT),
+            1,
+        )
+        .parse()?;
+    match seg.resolve(&wrong) {
+        Err(e) => println!("child: the user token retyped as Lock<User>: {e}"),
+        Ok(_) => return Err("a block resolved as a type it does not hold".into()),
+    }
     let lock = seg.resolve(&handle)?;
     let mut user = lock.lock().map_err(shmutils::Error::from)?;
     println!("child {}: {}", std::process::id(), describe(&heap, &user)?);
@@ -60,12 +81,17 @@ fn parent() -> Result<(), Error> {
     seg.unlink_on_drop(true)?;
     let heap = seg.heap();
 
-    let u = User::with_heap(&heap).new(User {
-        id: 12345,
-        fullname: heap.new_slice(b"Autumn")?,
-        status: Status::Active.into(),
-    })?;
+    // The seed's flow: a zeroed User in the shared heap, private to this
+    // process while its fields are assigned one by one...
+    let mut draft = User::with_heap(&heap).new_box_zeroed()?;
+    assert_eq!((draft.id, draft.fullname.len()), (0, 0));
+    draft.id = 12345;
+    draft.fullname = heap.new_slice(b"Autumn")?;
+    draft.status = Status::Active.into();
+    // ...then published: from here on any process may read it.
+    let u = draft.into_rel();
     let user = heap.get(u)?;
+    let user_token = heap.handle(u)?.to_string();
     println!("{}", describe(&heap, user)?);
     println!(
         "User::sizeof() = {}, fingerprint {:#018x}, at offset {:#x} (ptr_in agrees: {})",
@@ -89,7 +115,7 @@ fn parent() -> Result<(), Error> {
     let token = heap.handle(locked)?.to_string();
     println!("parent: handing {token} to a spawned child");
     let status = Command::new(std::env::current_exe()?)
-        .args(["child", &token])
+        .args(["child", &user_token, &token])
         .status()?;
     if !status.success() {
         return Err("the child failed".into());
@@ -105,7 +131,7 @@ fn parent() -> Result<(), Error> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.as_slice() {
-        [_, cmd, token] if cmd == "child" => child(token),
+        [_, cmd, user, token] if cmd == "child" => child(user, token),
         _ => parent(),
     };
     match result {

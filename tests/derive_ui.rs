@@ -14,8 +14,10 @@ use std::process::Command;
 fn derive_rejections() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
-    // Not the derive's, but the same machinery: a relative mapping offers
-    // no absolute addressing, so using it does not compile.
+    // Not the derive's, but the same machinery: the library's API refuses
+    // at compile time what would be unsound (DESIGN.md rule 2): freeing and
+    // forging without `unsafe`, references outliving a box or a segment,
+    // absolute addressing on a relative mapping.
     t.compile_fail("tests/ui-api/*.rs");
 }
 

@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use super::SharedHeap;
+use super::{SharedBox, SharedHeap};
 use crate::error::Result;
 use crate::ptr::RelPtr;
 use crate::shared::Shared;
@@ -84,5 +84,50 @@ impl<'s, T: Shared> WithHeap<'s, T> {
         T: Default,
     {
         self.heap.new(T::default())
+    }
+
+    /// `value` in a [`SharedBox`]: private to this process until
+    /// [`into_rel`](SharedBox::into_rel) ([`SharedHeap::new_box`]).
+    ///
+    /// # Errors
+    /// As [`SharedHeap::new`].
+    pub fn new_box(&self, value: T) -> Result<SharedBox<'s, T>> {
+        self.heap.new_box(value)
+    }
+
+    /// A zeroed `T` in a [`SharedBox`], to fill in field by field before
+    /// publishing it ([`SharedHeap::new_box_zeroed`]): the seed's
+    /// `User.with_heap(page).new()` followed by assignments.
+    ///
+    /// ```
+    /// use shmutils::{Segment, SharedStruct};
+    /// #[derive(SharedStruct)]
+    /// #[repr(C)]
+    /// struct Point { x: u64, y: u64 }
+    /// let seg = Segment::anonymous(1 << 20)?;
+    /// let heap = seg.heap();
+    /// let mut p = Point::with_heap(&heap).new_box_zeroed()?;
+    /// p.x = 3;
+    /// p.y = 4;
+    /// let p = p.into_rel();
+    /// assert_eq!(heap.get(p)?.x + heap.get(p)?.y, 7);
+    /// # Ok::<(), shmutils::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SharedHeap::new`].
+    pub fn new_box_zeroed(&self) -> Result<SharedBox<'s, T>> {
+        self.heap.new_box_zeroed()
+    }
+
+    /// `T::default()` in a [`SharedBox`].
+    ///
+    /// # Errors
+    /// As [`SharedHeap::new`].
+    pub fn new_box_default(&self) -> Result<SharedBox<'s, T>>
+    where
+        T: Default,
+    {
+        self.heap.new_box(T::default())
     }
 }
