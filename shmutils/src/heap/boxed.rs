@@ -3,7 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::meta::{self, Meta};
 use super::SharedHeap;
@@ -43,6 +43,7 @@ use crate::shared::Shared;
 pub struct SharedBox<'s, T: Shared> {
     heap: SharedHeap<'s>,
     offset: u64,
+    word: &'s AtomicU64,
     ty: u32,
     generation: u64,
     _owns: PhantomData<T>,
@@ -52,13 +53,19 @@ impl<'s, T: Shared> SharedBox<'s, T> {
     /// Wraps a block allocated private as `T`.
     ///
     /// # Safety
-    /// The block at `offset` of `heap` must be allocated private with type
-    /// index `ty` = `T`'s, hold a valid `T`, and be referenced by nothing
-    /// else.
-    pub(crate) unsafe fn from_private(heap: SharedHeap<'s>, offset: u64, ty: u32) -> Self {
+    /// The block at `offset` of `heap`, whose meta word is `word`, must be
+    /// allocated private with type index `ty` = `T`'s, hold a valid `T`,
+    /// and be referenced by nothing else.
+    pub(crate) unsafe fn from_private(
+        heap: SharedHeap<'s>,
+        offset: u64,
+        word: &'s AtomicU64,
+        ty: u32,
+    ) -> Self {
         SharedBox {
             heap,
             offset,
+            word,
             ty,
             generation: fork_generation(),
             _owns: PhantomData,
@@ -115,7 +122,7 @@ impl<'s, T: Shared> SharedBox<'s, T> {
         // fingerprint (get checked it; `found` may be another entry with the
         // same fingerprint, which is the same type), holds a T, and the
         // caller promises nothing else refers to it.
-        Ok(unsafe { SharedBox::from_private(*heap, b.start, found) })
+        Ok(unsafe { SharedBox::from_private(*heap, b.start, word, found) })
     }
 
     /// Publishes the value: from now on any process may read it through
@@ -124,7 +131,7 @@ impl<'s, T: Shared> SharedBox<'s, T> {
     pub fn into_rel(self) -> RelPtr<T> {
         let off = self.offset;
         if self.owned() {
-            self.heap.publish(off, self.ty);
+            SharedHeap::publish(self.word, off, self.ty);
         }
         std::mem::forget(self);
         RelPtr::from_heap(off)

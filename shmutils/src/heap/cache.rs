@@ -107,7 +107,7 @@ impl<'s> HeapCache<'s> {
                     // held by this process, its word exactly "free, end".
                     let claimed = self.heap.meta_word(b).is_some_and(|w| {
                         w.compare_exchange(
-                            meta::free(0),
+                            meta::free(b.start, 0),
                             meta::allocated(RAW, b.start, false),
                             Ordering::Relaxed,
                             Ordering::Relaxed,
@@ -170,11 +170,11 @@ impl<'s> HeapCache<'s> {
         let chain = &m.blocks[m.len - n..m.len];
         let words: Option<Vec<_>> = chain.iter().map(|&b| self.heap.meta_word(b)).collect();
         if let Some(words) = words {
-            for (w, next) in words.iter().zip(&chain[1..]) {
-                w.store(meta::free(next.start), Ordering::Relaxed);
+            for ((w, b), next) in words.iter().zip(chain).zip(&chain[1..]) {
+                w.store(meta::free(b.start, next.start), Ordering::Relaxed);
             }
             let head = self.heap.head(current_shard(), c);
-            if stack::push_chain(head, chain[0].start, words[n - 1]) {
+            if stack::push_chain(head, chain[0].start, chain[n - 1].start, words[n - 1]) {
                 move_shard();
             }
         }

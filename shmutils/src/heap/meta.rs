@@ -12,8 +12,8 @@
 //! +------+-----+--------+--------+--------+------------------+
 //! |ALLOC |FREE |PRIVATE | 0      | seal   | type id          |  allocated
 //! +------+-----+--------+--------+--------+------------------+
-//! |0     |1    | 0      | next free block's offset / 8 (0: end)  |  free
-//! +------+-----+--------+-----------------------------------+
+//! |0     |1    | seal (61..45)    | next free block / 8 (0: end) |  free
+//! +------+-----+------------------+---------------------------+
 //!
 //! value                   meaning                       who moves it on
 //! ----------------------  ----------------------------  ------------------------------
@@ -28,9 +28,11 @@
 //! anything else           corrupt (a peer scribbled)    nothing: refused and reported
 //! ```
 //!
-//! The **seal** is 16 bits of a hash of the type id and the block's offset:
-//! a word a peer scribbled at random is refused (with odds of 2^-16 per
-//! word of passing), and a word copied from another block never passes.
+//! The **seal** is 16 bits of a hash of the type id (0 for a free word)
+//! and the block's offset: a word a peer scribbled at random is refused
+//! (with odds of 2^-16 per word of passing), and a word copied from
+//! another block never passes, so a page map entry a peer forged cannot
+//! make the allocator take bytes that are not a block's word for one.
 //! Type id 0 is [`RAW`]: bytes from [`alloc`](super::SharedHeap::alloc),
 //! which no typed read resolves.
 
@@ -42,8 +44,9 @@ const FREE: u64 = 1 << 62;
 const PRIVATE: u64 = 1 << 61;
 /// Bits that are zero in every valid word.
 const RESERVED_ALLOC: u64 = 0x1fff << 48;
-const LINK_MASK: u64 = (1 << 48) - 1;
+const LINK_MASK: u64 = (1 << 45) - 1;
 const SEAL_SHIFT: u32 = 32;
+const FREE_SEAL_SHIFT: u32 = 45;
 
 /// The type id of untyped bytes ([`SharedHeap::alloc`](super::SharedHeap::alloc)).
 pub(crate) const RAW: u32 = 0;
@@ -61,11 +64,29 @@ pub(crate) enum Meta {
     Corrupt,
 }
 
+/// 16 bits of a multiplicative hash of the type and the offset (one
+/// multiplication: it is on the path of every typed read).
+#[inline]
 fn seal(ty: u32, offset: u64) -> u64 {
-    let mut x = (u64::from(ty) << 40) ^ offset ^ 0x9e37_79b9_7f4a_7c15;
-    x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (x ^ (x >> 32)) & 0xffff
+    ((offset ^ (u64::from(ty) << 40) ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 48
+}
+
+/// Whether the word says "allocated" (published or private), seal
+/// included (the fast path of `free`).
+#[inline]
+pub(crate) fn is_allocated(w: u64, offset: u64) -> bool {
+    w & (ALLOC | FREE | RESERVED_ALLOC) == ALLOC
+        && (w >> SEAL_SHIFT) & 0xffff == seal(w as u32, offset)
+}
+
+/// The type of a published block's word, `None` for any other state (the
+/// fast path of typed reads; `decode` says which state it is).
+#[inline]
+pub(crate) fn published(w: u64, offset: u64) -> Option<u32> {
+    let ty = w as u32;
+    (w & (ALLOC | FREE | PRIVATE | RESERVED_ALLOC) == ALLOC
+        && (w >> SEAL_SHIFT) & 0xffff == seal(ty, offset))
+    .then_some(ty)
 }
 
 /// The word of the block at `offset` allocated as `ty`.
@@ -74,10 +95,19 @@ pub(crate) fn allocated(ty: u32, offset: u64, private: bool) -> u64 {
     ALLOC | if private { PRIVATE } else { 0 } | seal(ty, offset) << SEAL_SHIFT | u64::from(ty)
 }
 
-/// The word of a free block whose list continues at `next` (0 = end).
+/// The word of the free block at `offset` whose list continues at `next`
+/// (0 = end).
 #[inline]
-pub(crate) fn free(next: u64) -> u64 {
-    FREE | (next / super::class::GRANULE) & LINK_MASK
+pub(crate) fn free(offset: u64, next: u64) -> u64 {
+    FREE | seal(0, offset) << FREE_SEAL_SHIFT | (next / super::class::GRANULE) & LINK_MASK
+}
+
+/// The link of a free block's word, `None` for any other state (the fast
+/// path of `pop`).
+#[inline]
+pub(crate) fn free_link(w: u64, offset: u64) -> Option<u64> {
+    (w & (ALLOC | FREE) == FREE && (w >> FREE_SEAL_SHIFT) & 0xffff == seal(0, offset))
+        .then_some((w & LINK_MASK) * super::class::GRANULE)
 }
 
 /// Decodes the word of the block at `offset`.
@@ -86,13 +116,8 @@ pub(crate) fn decode(w: u64, offset: u64) -> Meta {
     if w == 0 {
         return Meta::Fresh;
     }
-    if w & (ALLOC | FREE) == FREE {
-        if w & !(FREE | LINK_MASK) != 0 {
-            return Meta::Corrupt;
-        }
-        return Meta::Free {
-            next: (w & LINK_MASK) * super::class::GRANULE,
-        };
+    if let Some(next) = free_link(w, offset) {
+        return Meta::Free { next };
     }
     if w & (ALLOC | FREE) == ALLOC && w & RESERVED_ALLOC == 0 {
         let ty = w as u32;
@@ -121,10 +146,19 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(decode(free(off + 64), off), Meta::Free { next: off + 64 });
-            assert_eq!(decode(free(0), off), Meta::Free { next: 0 });
+            assert_eq!(
+                decode(free(off, off + 64), off),
+                Meta::Free { next: off + 64 }
+            );
+            assert_eq!(decode(free(off, 0), off), Meta::Free { next: 0 });
+            assert_eq!(decode(free(off, 0), off + 8), Meta::Corrupt);
         }
         assert_eq!(decode(0, 64), Meta::Fresh);
+        assert_eq!(published(allocated(9, 0x1000, false), 0x1000), Some(9));
+        assert_eq!(published(allocated(9, 0x1000, true), 0x1000), None);
+        assert_eq!(published(allocated(9, 0x1000, false), 0x1008), None);
+        assert_eq!(published(free(0x1000, 0x2000), 0x1000), None);
+        assert_eq!(free_link(free(0x1000, 0x2000), 0x1000), Some(0x2000));
     }
 
     #[test]

@@ -97,8 +97,8 @@ pub(crate) use types::TypeCache;
 pub use types::{TypeRecord, TYPE_CAPACITY};
 
 use class::{
-    block_index, block_size, blocks_per_span, class_of, meta_offset, span_pages, NCLASSES, NSMALL,
-    PAGE, SLAB_PAGES,
+    block_index, block_size, blocks_per_span, class_of, meta_offset, span_pages, CLASS_GEO,
+    NCLASSES, NSMALL, PAGE, SLAB_PAGES,
 };
 use layout::{Geometry, HeapHeader, HEAD_STRIDE, HEAP_MAGIC, NSHARDS, SPAN_WORD_BYTES};
 use meta::Meta;
@@ -142,9 +142,10 @@ impl fmt::Debug for SharedHeap<'_> {
 }
 
 /// What [`SharedHeap::carve`] made of fresh pages.
-enum Carved {
-    /// A span: its first block, already claimed with the meta word asked.
-    Block(u64),
+enum Carved<'a> {
+    /// A span: its first block and its meta word, already claimed with the
+    /// state asked.
+    Block(u64, &'a AtomicU64),
     /// The arena is used up.
     Full,
     /// The pages the bump counter gave were not fresh (corruption); they
@@ -390,6 +391,42 @@ impl<'s> SharedHeap<'s> {
         }
     }
 
+    /// The block containing the byte at `off` from its page map entry
+    /// alone (no cross-check of the span's other entries: callers check
+    /// the block's sealed meta word next). `None` when the entry names no
+    /// span that fits the arena.
+    #[inline(always)]
+    pub(crate) fn block_at(&self, off: u64) -> Option<Block> {
+        let rel = off.wrapping_sub(self.geo.arena_start);
+        if rel >= self.geo.arena_bytes() {
+            return None;
+        }
+        let page = rel / PAGE;
+        let e = self.page_entry(page);
+        let c = ((e >> 24) as usize).wrapping_sub(1);
+        let dist = u64::from(e & 0xff_ffff);
+        let cg = CLASS_GEO.get(c)?;
+        if dist > page || dist >= u64::from(cg.pages) {
+            return None;
+        }
+        let span_page = page - dist;
+        if span_page + u64::from(cg.pages) > self.geo.arena_pages {
+            return None;
+        }
+        // Less than the span's bytes, so the index is exact.
+        let within = rel - span_page * PAGE;
+        let index = cg.index(within);
+        if index >= u64::from(cg.blocks) {
+            return None;
+        }
+        Some(Block {
+            class: c,
+            start: off - (within - index * cg.size),
+            span_page,
+            index,
+        })
+    }
+
     /// The block containing the byte at `off`.
     ///
     /// # Errors
@@ -458,13 +495,18 @@ impl<'s> SharedHeap<'s> {
     /// beyond what one allocation skips.
     pub fn alloc(&self, layout: Layout) -> Result<RelPtr<u8>> {
         self.alloc_as(layout, meta::RAW, false)
-            .map(RelPtr::from_heap)
+            .map(|(off, _)| RelPtr::from_heap(off))
     }
 
     /// Allocates a block for `layout` whose meta word says `ty` (private or
-    /// published).
+    /// published); returns its offset and its meta word.
     #[inline]
-    pub(crate) fn alloc_as(&self, layout: Layout, ty: u32, private: bool) -> Result<u64> {
+    pub(crate) fn alloc_as(
+        &self,
+        layout: Layout,
+        ty: u32,
+        private: bool,
+    ) -> Result<(u64, &'s AtomicU64)> {
         let Some(c) = class_of(layout) else {
             return Err(Error::InvalidArgument {
                 what: format!(
@@ -477,7 +519,7 @@ impl<'s> SharedHeap<'s> {
         for _ in 0..MAX_SKIPS {
             let Some((block, word, seen, head, installed)) = self.pop_class(c, shard) else {
                 match self.carve(c, shard, ty, private) {
-                    Carved::Block(off) => return Ok(off),
+                    Carved::Block(off, word) => return Ok((off, word)),
                     Carved::Full => {
                         return Err(Error::OutOfMemory {
                             size: layout.size(),
@@ -503,7 +545,7 @@ impl<'s> SharedHeap<'s> {
                 )
                 .is_ok()
             {
-                return Ok(block.start);
+                return Ok((block.start, word));
             }
             // The word changed under a block nobody else may hold: garbage.
             // Never hand a block to two owners; drop the rest of that chain
@@ -555,7 +597,7 @@ impl<'s> SharedHeap<'s> {
     /// is claimed by CAS from 0, and the first block's meta word must have
     /// been 0 (fresh); otherwise the pages are left behind (leaked, the
     /// counter has moved past them) and the result is [`Carved::Taken`].
-    fn carve(&self, c: usize, shard: usize, ty: u32, private: bool) -> Carved {
+    fn carve(&self, c: usize, shard: usize, ty: u32, private: bool) -> Carved<'s> {
         let pages = span_pages(c);
         let Some(first) = self.carve_pages(pages) else {
             return Carved::Full;
@@ -607,16 +649,24 @@ impl<'s> SharedHeap<'s> {
                 let Some(w) = self.meta_word(block(i)) else {
                     return Carved::Taken;
                 };
-                w.store(meta::free(block(i + 1).start), Ordering::Relaxed);
+                w.store(
+                    meta::free(block(i).start, block(i + 1).start),
+                    Ordering::Relaxed,
+                );
             }
             let Some(last) = self.meta_word(block(n - 1)) else {
                 return Carved::Taken;
             };
-            if stack::push_chain(self.head(shard, c), block(1).start, last) {
+            if stack::push_chain(
+                self.head(shard, c),
+                block(1).start,
+                block(n - 1).start,
+                last,
+            ) {
                 move_shard();
             }
         }
-        Carved::Block(span)
+        Carved::Block(span, word)
     }
 
     /// Takes `pages` pages off the bump counter; `None` when they do not fit.
@@ -666,32 +716,44 @@ impl<'s> SharedHeap<'s> {
         self.release(b, None)
     }
 
-    /// The block starting at `off`, if `layout` belongs to its class.
+    /// The block starting at `off`, if `layout` belongs to its class. (The
+    /// block's sealed meta word, checked next by whoever frees it, guards
+    /// against a page map entry a peer forged.)
     #[inline]
     pub(crate) fn checked_block(&self, off: u64, layout: Layout) -> Result<Block> {
-        let b = self.locate(off).map_err(|reason| Error::InvalidPointer {
-            offset: off,
-            reason: reason.to_owned(),
-        })?;
+        match self.block_at(off) {
+            Some(b) if b.start == off && class_of(layout) == Some(b.class) => Ok(b),
+            _ => Err(self.not_a_block(off, layout)),
+        }
+    }
+
+    #[cold]
+    fn not_a_block(&self, off: u64, layout: Layout) -> Error {
+        let b = match self.locate(off) {
+            Ok(b) => b,
+            Err(reason) => {
+                return Error::InvalidPointer {
+                    offset: off,
+                    reason: reason.to_owned(),
+                }
+            }
+        };
         if b.start != off {
-            return Err(Error::InvalidPointer {
+            return Error::InvalidPointer {
                 offset: off,
                 reason: format!(
                     "it points inside the {}-byte block at {:#x}, not at its start",
                     block_size(b.class),
                     b.start
                 ),
-            });
+            };
         }
-        if class_of(layout) != Some(b.class) {
-            return Err(Error::WrongLayout {
-                offset: off,
-                block_size: block_size(b.class),
-                size: layout.size(),
-                align: layout.align(),
-            });
+        Error::WrongLayout {
+            offset: off,
+            block_size: block_size(b.class),
+            size: layout.size(),
+            align: layout.align(),
         }
-        Ok(b)
     }
 
     /// Marks an allocated block free (if `expect` is given, only if its
@@ -702,15 +764,18 @@ impl<'s> SharedHeap<'s> {
             return Err(Error::DoubleFree { offset: b.start });
         };
         let cur = word.load(Ordering::Relaxed);
-        if !matches!(meta::decode(cur, b.start), Meta::Allocated { .. })
-            || expect.is_some_and(|e| e != cur)
-        {
+        if !meta::is_allocated(cur, b.start) || expect.is_some_and(|e| e != cur) {
             return Err(Error::DoubleFree { offset: b.start });
         }
         // Relaxed: the push that follows is the Release that hands the
         // block on; a failed CAS means a concurrent free of the same block.
-        word.compare_exchange(cur, meta::free(0), Ordering::Relaxed, Ordering::Relaxed)
-            .map_err(|_| Error::DoubleFree { offset: b.start })?;
+        word.compare_exchange(
+            cur,
+            meta::free(b.start, 0),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .map_err(|_| Error::DoubleFree { offset: b.start })?;
         Ok(word)
     }
 
@@ -718,7 +783,7 @@ impl<'s> SharedHeap<'s> {
     #[inline]
     pub(crate) fn release(&self, b: Block, expect: Option<u64>) -> Result<()> {
         let word = self.unclaim(b, expect)?;
-        if stack::push_chain(self.head(current_shard(), b.class), b.start, word) {
+        if stack::push_chain(self.head(current_shard(), b.class), b.start, b.start, word) {
             move_shard();
         }
         Ok(())
@@ -748,24 +813,23 @@ impl<'s> SharedHeap<'s> {
         self.type_table().index_of(key)
     }
 
-    /// A block for one `T`, private to the caller, its contents as found.
+    /// A block for one `T`, private to the caller, its contents as found:
+    /// its offset, meta word and type index.
     #[inline]
-    fn alloc_private<T: Shared>(&self) -> Result<(u64, u32)> {
+    fn alloc_private<T: Shared>(&self) -> Result<(u64, &'s AtomicU64, u32)> {
         let ty = self.type_index(&TypeKey::of::<T>())?;
-        Ok((self.alloc_as(Layout::new::<T>(), ty, true)?, ty))
+        let (off, word) = self.alloc_as(Layout::new::<T>(), ty, true)?;
+        Ok((off, word, ty))
     }
 
-    /// Publishes a private block: from now on it resolves as its type.
+    /// Publishes the private block at `off` (whose meta word is `word`):
+    /// from now on it resolves as `ty`.
     #[inline]
-    pub(crate) fn publish(&self, off: u64, ty: u32) {
-        if let Ok(b) = self.locate(off) {
-            if let Some(w) = self.meta_word(b) {
-                // Release: the value written into the block before this
-                // happens-before any read that sees the published word
-                // (the Acquire load in typed_block()).
-                w.store(meta::allocated(ty, off, false), Ordering::Release);
-            }
-        }
+    pub(crate) fn publish(word: &AtomicU64, off: u64, ty: u32) {
+        // Release: the value written into the block before this
+        // happens-before any read that sees the published word (the
+        // Acquire load in typed_block()).
+        word.store(meta::allocated(ty, off, false), Ordering::Release);
     }
 
     /// Moves `value` into a new block and returns its pointer. The value is
@@ -777,13 +841,13 @@ impl<'s> SharedHeap<'s> {
     /// has no room to record a new type.
     #[allow(clippy::new_ret_no_self)] // the contract's name: `heap.new(value)`
     pub fn new<T: Shared>(&self, value: T) -> Result<RelPtr<T>> {
-        let (off, ty) = self.alloc_private::<T>()?;
+        let (off, word, ty) = self.alloc_private::<T>()?;
         // SAFETY: the block was just allocated private to this thread (no
         // typed read resolves it); it lies in the arena, holds at least
         // size_of::<T>() bytes and is aligned for T (class_of honours the
         // layout).
         unsafe { self.raw(off).cast::<T>().write(value) };
-        self.publish(off, ty);
+        Self::publish(word, off, ty);
         Ok(RelPtr::from_heap(off))
     }
 
@@ -793,11 +857,11 @@ impl<'s> SharedHeap<'s> {
     /// # Errors
     /// As [`new`](Self::new).
     pub fn new_zeroed<T: Shared>(&self) -> Result<RelPtr<T>> {
-        let (off, ty) = self.alloc_private::<T>()?;
+        let (off, word, ty) = self.alloc_private::<T>()?;
         // SAFETY: as in new(): a fresh private block of at least
         // size_of::<T>() bytes.
         unsafe { std::ptr::write_bytes(self.raw(off), 0, size_of::<T>()) };
-        self.publish(off, ty);
+        Self::publish(word, off, ty);
         Ok(RelPtr::from_heap(off))
     }
 
@@ -809,12 +873,12 @@ impl<'s> SharedHeap<'s> {
     /// # Errors
     /// As [`new`](Self::new).
     pub fn new_box<T: Shared>(&self, value: T) -> Result<SharedBox<'s, T>> {
-        let (off, ty) = self.alloc_private::<T>()?;
+        let (off, word, ty) = self.alloc_private::<T>()?;
         // SAFETY: as in new(): a fresh private block for a T.
         unsafe { self.raw(off).cast::<T>().write(value) };
-        // SAFETY: the block is allocated private as T at off, its value
-        // written, and nothing else refers to it.
-        Ok(unsafe { SharedBox::from_private(*self, off, ty) })
+        // SAFETY: the block is allocated private as T at off (its meta
+        // word is `word`), its value written, and nothing else refers to it.
+        Ok(unsafe { SharedBox::from_private(*self, off, word, ty) })
     }
 
     /// A [`SharedBox`] holding a zeroed `T`: the seed's "allocate, then
@@ -823,11 +887,11 @@ impl<'s> SharedHeap<'s> {
     /// # Errors
     /// As [`new`](Self::new).
     pub fn new_box_zeroed<T: Shared>(&self) -> Result<SharedBox<'s, T>> {
-        let (off, ty) = self.alloc_private::<T>()?;
+        let (off, word, ty) = self.alloc_private::<T>()?;
         // SAFETY: as in new_zeroed().
         unsafe { std::ptr::write_bytes(self.raw(off), 0, size_of::<T>()) };
         // SAFETY: as in new_box().
-        Ok(unsafe { SharedBox::from_private(*self, off, ty) })
+        Ok(unsafe { SharedBox::from_private(*self, off, word, ty) })
     }
 
     /// Copies `items` into a new block. An empty `items` gives
@@ -841,13 +905,13 @@ impl<'s> SharedHeap<'s> {
             return Ok(RelSlice::empty());
         }
         let ty = self.type_index(&TypeKey::slice_of::<T>())?;
-        let off = self.alloc_as(slice_layout::<T>(items.len())?, ty, true)?;
+        let (off, word) = self.alloc_as(slice_layout::<T>(items.len())?, ty, true)?;
         // SAFETY: a fresh private block of at least size_of_val(items)
         // bytes, aligned for T; `items` is a distinct local slice.
         unsafe {
             std::ptr::copy_nonoverlapping(items.as_ptr(), self.raw(off).cast::<T>(), items.len())
         };
-        self.publish(off, ty);
+        Self::publish(word, off, ty);
         Ok(RelSlice::from_heap(off, items.len() as u64))
     }
 
@@ -944,8 +1008,42 @@ impl<'s> SharedHeap<'s> {
     /// arena, aligned to `align`, inside one allocated, published block
     /// whose type has `key`'s fingerprint, at `off` = the block's start
     /// (or, for a slice, at a whole element from it). Returns the address.
-    #[inline]
+    ///
+    /// The fast path does only what a valid pointer needs (one page map
+    /// entry, the block's meta word, this process's copy of the type
+    /// table); anything else takes the slow path, which checks the same
+    /// and more and says what is wrong.
+    #[inline(always)]
     fn typed_block(&self, off: u64, bytes: u64, key: &TypeKey) -> Result<*mut u8> {
+        match self.fast_typed(off, bytes, key) {
+            Some(p) => Ok(p),
+            None => self.typed_block_slow(off, bytes, key),
+        }
+    }
+
+    /// The typed check of a pointer to a published block whose type this
+    /// process already knows; `None` for anything else.
+    #[inline(always)]
+    fn fast_typed(&self, off: u64, bytes: u64, key: &TypeKey) -> Option<*mut u8> {
+        if off & (key.align - 1) != 0 {
+            return None;
+        }
+        let b = self.block_at(off)?;
+        let inside = off - b.start;
+        let size = CLASS_GEO[b.class].size;
+        if (inside != 0 && (!key.slice || inside % key.size.max(1) != 0)) || bytes > size - inside {
+            return None;
+        }
+        // Acquire: pairs with the Release store in publish(), so the value
+        // written before publication is visible through the reference.
+        let w = self.meta_word(b)?.load(Ordering::Acquire);
+        let ty = meta::published(w, b.start)?;
+        (self.types.known(ty) == key.fingerprint).then(|| self.raw(off))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn typed_block_slow(&self, off: u64, bytes: u64, key: &TypeKey) -> Result<*mut u8> {
         let p = self.resolve_range(off, bytes, key.align as usize)?;
         let b = self.locate(off).map_err(|reason| Error::InvalidPointer {
             offset: off,

@@ -44,7 +44,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::class::GRANULE;
-use super::meta::{self, Meta};
+use super::meta;
 use super::{Block, SharedHeap};
 
 /// A head word from a tag and a block offset.
@@ -78,13 +78,15 @@ pub(crate) enum Pop {
     },
 }
 
-/// The block a head or link names, if it is a block of class `class`.
+/// The block a head or link names, if it is the start of a block of class
+/// `class` (one page map entry: the free word's seal, checked next, says
+/// whether the word found is really that block's).
 #[inline]
 fn listed<'s>(heap: &SharedHeap<'s>, off: u64, class: usize) -> Option<(Block, &'s AtomicU64)> {
-    match heap.locate(off) {
-        Ok(b) if b.class == class && b.start == off => heap.meta_word(b).map(|m| (b, m)),
-        _ => None,
-    }
+    let b = heap
+        .block_at(off)
+        .filter(|b| b.class == class && b.start == off)?;
+    heap.meta_word(b).map(|m| (b, m))
 }
 
 /// Pops a block of class `class` from `head`. The flag says whether a CAS
@@ -107,8 +109,8 @@ pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop
             return (Pop::Empty, true);
         };
         let seen = word.load(Ordering::Acquire);
-        let next = match meta::decode(seen, off) {
-            Meta::Free { next } if next / GRANULE <= 0xffff_ffff => next,
+        let next = match meta::free_link(seen, off) {
+            Some(next) if next / GRANULE <= 0xffff_ffff => next,
             _ => {
                 // Either someone popped and claimed the block since we read
                 // the head (the head moved: retry), or the word is garbage.
@@ -145,14 +147,14 @@ pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop
 }
 
 /// Pushes the chain `first ..= last` (already linked through their meta
-/// words, `last`'s link is set here) onto `head`. Returns whether a CAS
-/// race was lost.
+/// words; `last_word`, the word of the block at `last`, is linked here)
+/// onto `head`. Returns whether a CAS race was lost.
 #[inline]
-pub(crate) fn push_chain(head: &AtomicU64, first: u64, last_word: &AtomicU64) -> bool {
+pub(crate) fn push_chain(head: &AtomicU64, first: u64, last: u64, last_word: &AtomicU64) -> bool {
     let mut cur = head.load(Ordering::Relaxed);
     let mut contended = false;
     loop {
-        last_word.store(meta::free(head_offset(cur)), Ordering::Relaxed);
+        last_word.store(meta::free(last, head_offset(cur)), Ordering::Relaxed);
         let new = pack(tag(cur).wrapping_add(1), first);
         // Release: publishes the meta words of the chain to the Acquire
         // load in pop().
@@ -210,7 +212,7 @@ mod tests {
         // A link that is garbage ends the list after its block.
         let b = heap.locate(p).unwrap();
         let word = heap.meta_word(b).unwrap();
-        word.store(meta::free(0), Ordering::Relaxed);
+        word.store(meta::free(p, 0), Ordering::Relaxed);
         head.store(pack(5, p), Ordering::Relaxed);
         word.store(u64::MAX, Ordering::Relaxed);
         assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
@@ -228,8 +230,8 @@ mod tests {
         let head = AtomicU64::new(0);
         for off in [a, b] {
             let word = heap.meta_word(heap.locate(off).unwrap()).unwrap();
-            word.store(meta::free(0), Ordering::Relaxed);
-            push_chain(&head, off, word);
+            word.store(meta::free(off, 0), Ordering::Relaxed);
+            push_chain(&head, off, off, word);
         }
         assert_eq!(tag(head.load(Ordering::Relaxed)), 2);
         assert!(matches!(pop(&heap, &head, c).0, Pop::Block { block, .. } if block.start == b));

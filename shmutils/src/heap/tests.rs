@@ -323,7 +323,10 @@ fn a_garbled_free_list_costs_blocks_never_double_ownership() {
     let word = heap
         .meta_word(heap.locate(victim.offset()).unwrap())
         .unwrap();
-    word.store(meta::free(live[3].offset()), Ordering::Relaxed);
+    word.store(
+        meta::free(victim.offset(), live[3].offset()),
+        Ordering::Relaxed,
+    );
     let mut got = Vec::new();
     for _ in 0..50 {
         got.push(heap.alloc(l).unwrap());
@@ -475,7 +478,7 @@ fn check_reports_forged_bookkeeping() {
     span_word.store(0, Ordering::Relaxed);
     assert!(heap.check().is_consistent());
     // A cycle: the block links to itself.
-    word.store(meta::free(p.offset()), Ordering::Relaxed);
+    word.store(meta::free(p.offset(), p.offset()), Ordering::Relaxed);
     let r = heap.check();
     assert!(r.corruption.iter().any(|c| c.contains("twice")), "{r}");
     // A head pointing into the bookkeeping.

@@ -265,7 +265,7 @@ const HINTS: usize = 64;
 /// A process's validated view of one segment's type table.
 pub(crate) struct TypeCache {
     /// Index -> fingerprint of the entry, 0 until validated.
-    by_index: Box<[AtomicU64]>,
+    by_index: Box<[AtomicU64; TYPE_CAPACITY]>,
     /// Fingerprint hash -> an index holding it (checked against
     /// `by_index` before use), 0 for none.
     hints: Box<[AtomicU32]>,
@@ -294,7 +294,7 @@ impl Default for TypeCache {
 impl TypeCache {
     pub(crate) fn new() -> TypeCache {
         TypeCache {
-            by_index: (0..TYPE_CAPACITY).map(|_| AtomicU64::new(0)).collect(),
+            by_index: Box::new([const { AtomicU64::new(0) }; TYPE_CAPACITY]),
             hints: (0..HINTS).map(|_| AtomicU32::new(0)).collect(),
             register: Mutex::new(()),
         }
