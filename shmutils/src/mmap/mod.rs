@@ -1,6 +1,12 @@
 //! Memory mappings: [`MappedMemory`] (relative addressing, every mapping)
 //! and [`AbsoluteMemory`] (a mapping whose address peers agree on).
 //!
+//! One idea per file: `mod.rs` is the mapping itself (creation, RAII
+//! unmapping, [`detach`](MappedMemory::detach), protections, page size) and
+//! its checked byte copies; `typed.rs` places [`Shared`](crate::Shared)
+//! values ([`MappedMemory::init`], [`MappedMemory::get`]); `absolute.rs` is
+//! [`AbsoluteMemory`].
+//!
 //! # Relative and absolute
 //! Every access to a [`MappedMemory`] names an **offset** from the start of
 //! the mapping, so the same code works whatever address the kernel chose in
@@ -24,14 +30,18 @@
 //! whose every bit pattern is valid and whose mutation goes through atomics
 //! or locks.
 
-use std::ops::{Deref, Range};
+mod absolute;
+mod typed;
+
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
 use bitflags::bitflags;
 
+pub use absolute::AbsoluteMemory;
+
 use crate::error::{Error, Result};
-use crate::shared::Shared;
 use crate::shm::ShmFd;
 use crate::sys;
 
@@ -297,21 +307,6 @@ impl MappedMemory {
         }
     }
 
-    /// Checks that a `T` fits at `offset` and is aligned there, and returns
-    /// its address.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] or [`Error::Misaligned`].
-    pub fn check_typed<T>(&self, offset: usize) -> Result<*mut T> {
-        self.check_range(offset, std::mem::size_of::<T>())?;
-        let align = std::mem::align_of::<T>();
-        let addr = self.ptr.as_ptr() as usize + offset;
-        if addr % align != 0 {
-            return Err(Error::Misaligned { offset, align });
-        }
-        Ok(addr as *mut T)
-    }
-
     fn check_readable(&self) -> Result<()> {
         if self.prot.contains(MapProtections::READ) {
             Ok(())
@@ -416,43 +411,6 @@ impl MappedMemory {
         Ok(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(range.start), len) })
     }
 
-    /// Places `value` at `offset` and returns a reference to it.
-    ///
-    /// `&mut self` makes this the only access to the mapping from this
-    /// process; other processes must not use the bytes before the value is
-    /// published to them (DESIGN.md rule 4).
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::ReadOnly`].
-    pub fn init<T: Shared>(&mut self, offset: usize, value: T) -> Result<&T> {
-        self.check_writable()?;
-        let p = self.check_typed::<T>(offset)?;
-        // SAFETY: `p` is in bounds and aligned for T in the live writable
-        // mapping; `&mut self` rules out other references from this process.
-        unsafe {
-            p.write(value);
-            Ok(&*p)
-        }
-    }
-
-    /// Returns a reference to the `T` at `offset`.
-    ///
-    /// Any bytes make a valid `T` ([`Shared`]), so this cannot observe an
-    /// invalid value even if a peer wrote garbage there.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`]; [`Error::ReadOnly`] for
-    /// a mapping that is not read-write (a `Shared` type may mutate through
-    /// `&T`, which would fault on a read-only page).
-    pub fn get<T: Shared>(&self, offset: usize) -> Result<&T> {
-        self.check_writable()?;
-        let p = self.check_typed::<T>(offset)?;
-        // SAFETY: in bounds, aligned, in a live read-write mapping, and every
-        // bit pattern is a valid `T` (Shared); mutation through `&T` is
-        // atomic or locked.
-        Ok(unsafe { &*p })
-    }
-
     /// Changes the protection of the pages covering `range`.
     ///
     /// # Safety
@@ -523,149 +481,6 @@ impl Drop for MappedMemory {
     }
 }
 
-/// Address space the kernel leaves alone in a freshly exec'd Linux process
-/// on x86-64 and aarch64 (executables and brk sit below, the mmap area and
-/// stack above), used to pick an address a spawned child can map too.
-const PORTABLE_RANGE: Range<usize> = 0x1000_0000_0000..0x5000_0000_0000;
-
-/// A mapping at an address that peers agree on, so absolute addresses
-/// inside it mean the same thing in every process that maps it this way.
-///
-/// It dereferences to [`MappedMemory`] for all relative access.
-///
-/// ```
-/// use shmutils::{AbsoluteMemory, MapProtections};
-/// let m = AbsoluteMemory::map_shareable(8192, MapProtections::READ_WRITE, None)?;
-/// let abs = m.abs_address_at(64)?;
-/// assert_eq!(m.relative_address_at(abs)?, 64);
-/// # Ok::<(), shmutils::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct AbsoluteMemory {
-    inner: MappedMemory,
-}
-
-impl AbsoluteMemory {
-    /// Maps `len` bytes of `fd` (anonymous memory for `None`) exactly at
-    /// `addr`, with `MAP_FIXED_NOREPLACE`: an address already in use is an
-    /// error, never silently replaced. `flags` may add `NORESERVE` or
-    /// `POPULATE`; the mapping is always `SHARED`.
-    ///
-    /// # Errors
-    /// [`Error::AddressInUse`] when anything is mapped in the range;
-    /// otherwise as [`MappedMemory::new`].
-    pub fn map_at(
-        addr: usize,
-        len: usize,
-        prot: MapProtections,
-        flags: MapFlags,
-        fd: Option<&ShmFd>,
-    ) -> Result<AbsoluteMemory> {
-        let flags = (flags - MapFlags::PRIVATE) | MapFlags::SHARED | MapFlags::FIXED_NOREPLACE;
-        Ok(AbsoluteMemory {
-            inner: MappedMemory::new(Some(addr), len, prot, flags, fd)?,
-        })
-    }
-
-    /// Maps `len` bytes of `fd` at an address chosen so that a spawned child
-    /// (a fresh `exec`) can most likely map it at the same address with
-    /// [`map_at`](Self::map_at): one in the middle of the address space,
-    /// far from where executables, the heap, libraries and stacks go.
-    /// Pass [`address`](Self::address) to the child.
-    ///
-    /// # Errors
-    /// As [`map_at`](Self::map_at), after several addresses were tried.
-    pub fn map_shareable(
-        len: usize,
-        prot: MapProtections,
-        fd: Option<&ShmFd>,
-    ) -> Result<AbsoluteMemory> {
-        let span = PORTABLE_RANGE.end - PORTABLE_RANGE.start - round_to_page_size(len);
-        let mut last = None;
-        for _ in 0..16 {
-            let mut seed = [0u8; 8];
-            sys::getrandom(&mut seed).map_err(|e| Error::io("getrandom", e))?;
-            let pick = (u64::from_le_bytes(seed) as usize % span) & !(page_size() - 1);
-            match AbsoluteMemory::map_at(
-                PORTABLE_RANGE.start + pick,
-                len,
-                prot,
-                MapFlags::empty(),
-                fd,
-            ) {
-                Err(e @ Error::AddressInUse { .. }) => last = Some(e),
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or(Error::AddressInUse {
-            addr: PORTABLE_RANGE.start,
-            len,
-        }))
-    }
-
-    /// Adopts a mapping whose address peers already share: typically one
-    /// made before `fork`, which the child inherits at the same address.
-    /// This is the explicit opt-in to absolute addressing.
-    pub fn from_inherited(mapping: MappedMemory) -> AbsoluteMemory {
-        AbsoluteMemory { inner: mapping }
-    }
-
-    /// Returns to relative-only access.
-    pub fn into_relative(self) -> MappedMemory {
-        self.inner
-    }
-
-    /// The mapping's start address.
-    pub fn address(&self) -> usize {
-        self.inner.as_ptr() as usize
-    }
-
-    /// The absolute address of `offset` (offset -> address). `offset` may
-    /// be `len()`, the one-past-the-end address.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] past the end.
-    pub fn abs_address_at(&self, offset: usize) -> Result<usize> {
-        self.inner.check_range(offset, 0)?;
-        Ok(self.address() + offset)
-    }
-
-    /// The offset of absolute address `addr` (address -> offset).
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] if `addr` is outside the mapping.
-    pub fn relative_address_at(&self, addr: usize) -> Result<usize> {
-        let offset = addr.wrapping_sub(self.address());
-        if addr < self.address() || offset > self.inner.len() {
-            return Err(Error::OutOfBounds {
-                offset: addr,
-                len: 0,
-                size: self.inner.len(),
-            });
-        }
-        Ok(offset)
-    }
-
-    /// Copies the bytes at absolute addresses `range` (the seed's
-    /// `absolute_at`).
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] unless the whole range is in the mapping.
-    pub fn absolute_at(&self, range: Range<usize>) -> Result<Vec<u8>> {
-        let start = self.relative_address_at(range.start)?;
-        let end = self.relative_address_at(range.end)?;
-        self.inner.at(start..end)
-    }
-}
-
-impl Deref for AbsoluteMemory {
-    type Target = MappedMemory;
-
-    fn deref(&self) -> &MappedMemory {
-        &self.inner
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,22 +537,6 @@ mod tests {
     }
 
     #[test]
-    fn typed_placement_checks_alignment_and_bounds() {
-        let mut m = anon(4096);
-        assert_eq!(*m.init(8, 1923u64).unwrap(), 1923);
-        assert_eq!(*m.get::<u64>(8).unwrap(), 1923);
-        assert!(matches!(
-            m.get::<u64>(4),
-            Err(Error::Misaligned {
-                offset: 4,
-                align: 8
-            })
-        ));
-        assert!(matches!(m.get::<u64>(4092), Err(Error::OutOfBounds { .. })));
-        assert!(matches!(m.init(4081, 1u64), Err(Error::Misaligned { .. })));
-    }
-
-    #[test]
     fn invalid_arguments_are_refused() {
         let rw = MapProtections::READ_WRITE;
         assert!(matches!(
@@ -771,36 +570,6 @@ mod tests {
         assert!(matches!(m.write(0, b"x"), Err(Error::ReadOnly)));
         assert!(matches!(m.get::<u32>(0), Err(Error::ReadOnly)));
         assert_eq!(m.at(0..4).unwrap(), [0, 0, 0, 0]);
-    }
-
-    #[test]
-    fn absolute_round_trips() {
-        let m = AbsoluteMemory::map_shareable(3 * page_size(), MapProtections::READ_WRITE, None)
-            .unwrap();
-        assert!(PORTABLE_RANGE.contains(&m.address()));
-        for off in [0, 1, 64, 4095, m.len()] {
-            let abs = m.abs_address_at(off).unwrap();
-            assert_eq!(abs, m.address() + off);
-            assert_eq!(m.relative_address_at(abs).unwrap(), off);
-        }
-        assert!(m.abs_address_at(m.len() + 1).is_err());
-        assert!(m.relative_address_at(m.address() - 1).is_err());
-        assert!(m.relative_address_at(m.address() + m.len() + 1).is_err());
-        m.write(10, b"xyz").unwrap();
-        let a = m.abs_address_at(10).unwrap();
-        assert_eq!(m.absolute_at(a..a + 3).unwrap(), b"xyz");
-    }
-
-    #[test]
-    fn fixed_noreplace_refuses_a_taken_address() {
-        let rw = MapProtections::READ_WRITE;
-        let a = AbsoluteMemory::map_shareable(page_size(), rw, None).unwrap();
-        let e = AbsoluteMemory::map_at(a.address(), page_size(), rw, MapFlags::empty(), None)
-            .unwrap_err();
-        assert!(
-            matches!(e, Error::AddressInUse { addr, .. } if addr == a.address()),
-            "{e}"
-        );
     }
 
     #[test]
