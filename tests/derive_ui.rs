@@ -14,8 +14,9 @@ use std::process::Command;
 fn derive_rejections() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
-    // Not the derive's, but the same machinery: a relative mapping offers
-    // no absolute addressing, so using it does not compile.
+    // Not the derive's, but the same machinery, for the API's compile-time
+    // rules: a relative mapping offers no absolute addressing, and a byte
+    // write cannot happen while a typed reference into the mapping lives.
     t.compile_fail("tests/ui-api/*.rs");
 }
 

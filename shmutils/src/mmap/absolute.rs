@@ -1,9 +1,14 @@
 //! [`AbsoluteMemory`]: a mapping at an address peers agree on, the only
 //! kind with absolute addressing (`abs_address_at`, `relative_address_at`,
-//! `absolute_at`). Everything else is the [`MappedMemory`] it dereferences
-//! to.
+//! `absolute_at`).
+//!
+//! Everything else, typed placement included, is the [`MappedMemory`] it
+//! dereferences to; so is the placement table, which moves with the
+//! mapping through [`AbsoluteMemory::from_inherited`] and
+//! [`AbsoluteMemory::into_relative`] (references into it borrowed the
+//! value those consume, so none outlives the move).
 
-use std::ops::{Deref, Range};
+use std::ops::{Deref, DerefMut, Range};
 
 use super::{page_size, round_to_page_size, MapFlags, MapProtections, MappedMemory};
 use crate::error::{Error, Result};
@@ -18,13 +23,19 @@ const PORTABLE_RANGE: Range<usize> = 0x1000_0000_0000..0x5000_0000_0000;
 /// A mapping at an address that peers agree on, so absolute addresses
 /// inside it mean the same thing in every process that maps it this way.
 ///
-/// It dereferences to [`MappedMemory`] for all relative access.
+/// It dereferences to [`MappedMemory`] for all relative access, mutably
+/// too (for [`write`](MappedMemory::write) and [`init`](MappedMemory::init)).
+/// Assigning another mapping through `DerefMut` is allowed and simply makes
+/// the absolute addresses refer to that one, as
+/// [`from_inherited`](Self::from_inherited) would.
 ///
 /// ```
 /// use shmutils::{AbsoluteMemory, MapProtections};
-/// let m = AbsoluteMemory::map_shareable(8192, MapProtections::READ_WRITE, None)?;
+/// let mut m = AbsoluteMemory::map_shareable(8192, MapProtections::READ_WRITE, None)?;
+/// m.write(64, b"absolute")?;
 /// let abs = m.abs_address_at(64)?;
 /// assert_eq!(m.relative_address_at(abs)?, 64);
+/// assert_eq!(m.absolute_at(abs..abs + 8)?, b"absolute");
 /// # Ok::<(), shmutils::Error>(())
 /// ```
 #[derive(Debug)]
@@ -134,10 +145,12 @@ impl AbsoluteMemory {
     }
 
     /// Copies the bytes at absolute addresses `range` (the seed's
-    /// `absolute_at`).
+    /// `absolute_at`), like [`MappedMemory::at`].
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] unless the whole range is in the mapping.
+    /// [`Error::OutOfBounds`] unless the whole range is in the mapping;
+    /// otherwise as [`MappedMemory::at`] ([`Error::TypeMismatch`] over
+    /// bytes a typed value is placed on).
     pub fn absolute_at(&self, range: Range<usize>) -> Result<Vec<u8>> {
         let start = self.relative_address_at(range.start)?;
         let end = self.relative_address_at(range.end)?;
@@ -153,14 +166,23 @@ impl Deref for AbsoluteMemory {
     }
 }
 
+impl DerefMut for AbsoluteMemory {
+    fn deref_mut(&mut self) -> &mut MappedMemory {
+        &mut self.inner
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     #[test]
     fn absolute_round_trips() {
-        let m = AbsoluteMemory::map_shareable(3 * page_size(), MapProtections::READ_WRITE, None)
-            .unwrap();
+        let mut m =
+            AbsoluteMemory::map_shareable(3 * page_size(), MapProtections::READ_WRITE, None)
+                .unwrap();
         assert!(PORTABLE_RANGE.contains(&m.address()));
         for off in [0, 1, 64, 4095, m.len()] {
             let abs = m.abs_address_at(off).unwrap();
@@ -184,6 +206,30 @@ mod tests {
         assert!(
             matches!(e, Error::AddressInUse { addr, .. } if addr == a.address()),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn typed_placement_and_absolute_copies_share_one_table() {
+        let mut m =
+            AbsoluteMemory::map_shareable(page_size(), MapProtections::READ_WRITE, None).unwrap();
+        m.init(64, AtomicU64::new(1923)).unwrap();
+        let abs = m.abs_address_at(64).unwrap();
+        assert!(matches!(
+            m.absolute_at(abs..abs + 8),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert!(m.absolute_at(abs - 8..abs).is_ok());
+        // The table travels with the mapping.
+        let rel = m.into_relative();
+        assert!(matches!(
+            rel.get::<u64>(64),
+            Err(Error::TypeMismatch { .. })
+        ));
+        let back = AbsoluteMemory::from_inherited(rel);
+        assert_eq!(
+            back.get::<AtomicU64>(64).unwrap().load(Ordering::Relaxed),
+            1923
         );
     }
 }
