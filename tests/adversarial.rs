@@ -205,7 +205,7 @@ fn populate(seg: &Segment, rng: &mut Rng) -> Made {
 }
 
 /// One write a buggy or hostile peer might make.
-fn scribble(rng: &mut Rng, map: &Map, made: &Made, m: &MappedMemory, log: &mut Vec<String>) {
+fn scribble(rng: &mut Rng, map: &Map, made: &Made, m: &mut MappedMemory, log: &mut Vec<String>) {
     let live: Vec<u64> = made
         .values
         .iter()
@@ -628,7 +628,7 @@ fn round(index: u64) -> Result<(), String> {
     let made = populate(&seg, &mut rng);
     let map = Map::of(&seg);
     let fd = ShmFd::open(&name, Mode::ReadWrite).unwrap();
-    let raw = MappedMemory::new(
+    let mut raw = MappedMemory::new(
         None,
         size,
         MapProtections::READ_WRITE,
@@ -638,7 +638,7 @@ fn round(index: u64) -> Result<(), String> {
     .unwrap();
     let mut log = Vec::new();
     for _ in 0..rng.in_range(1, 9) {
-        scribble(&mut rng, &map, &made, &raw, &mut log);
+        scribble(&mut rng, &map, &made, &mut raw, &mut log);
     }
     let child = {
         let (seg, name, made) = (&seg, name.as_str().to_owned(), made.clone());

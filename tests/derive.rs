@@ -354,7 +354,13 @@ fn checked_get_rejects_an_unknown_discriminant_written_into_a_mapping() {
     assert_eq!(u.id, 12345);
     expect_invalid(u.status.get(), "Status", 9);
     expect_invalid(u.verified.get(), "bool", 2);
-    let direct = m.get::<Checked<Status>>(offset_of!(User, status)).unwrap();
+    // The field is part of the placed `User`: reached through it, never as
+    // a second placement of another type over the same bytes.
+    assert!(matches!(
+        m.get::<Checked<Status>>(offset_of!(User, status)),
+        Err(Error::TypeMismatch { .. })
+    ));
+    let direct = &u.status;
     expect_invalid(direct.get(), "Status", 9);
     assert_eq!(format!("{direct:?}"), "Checked<Status>(invalid 9)");
 
@@ -403,7 +409,7 @@ fn derived_struct_in_a_shared_mapping_is_read_by_a_forked_child() {
     let child = fork(move || {
         let run = || -> shmutils::Result<i32> {
             let fd = ShmFd::open(&path, Mode::ReadWrite)?;
-            let m = MappedMemory::new(
+            let mut m = MappedMemory::new(
                 None,
                 4096,
                 MapProtections::READ_WRITE,

@@ -16,8 +16,9 @@ fn derive_rejections() {
     t.compile_fail("tests/ui/*.rs");
     // Not the derive's, but the same machinery: the library's API refuses
     // at compile time what would be unsound (DESIGN.md rule 2): freeing and
-    // forging without `unsafe`, references outliving a box or a segment,
-    // absolute addressing on a relative mapping.
+    // forging without `unsafe`, references outliving a box or a segment, a
+    // byte write while a typed reference into a mapping lives, absolute
+    // addressing on a relative mapping.
     t.compile_fail("tests/ui-api/*.rs");
 }
 

@@ -278,7 +278,7 @@ fn unsafe_copy_of<G>(g: &G) -> G {
 /// a typed error comes back.
 #[test]
 fn garbage_in_the_lock_word_gives_a_typed_outcome() {
-    let (_name, m) = segment("lock-garbage");
+    let (_name, mut m) = segment("lock-garbage");
     let main_thread = std::process::id(); // alive, and not this test's thread
     let cases: [u32; 8] = [
         1,                         // tid 1: init, alive -> times out

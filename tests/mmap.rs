@@ -1,11 +1,14 @@
 //! Mappings of named memory across real processes: a forked child and a
-//! spawned child (fresh exec) that opens the segment by name.
+//! spawned child (fresh exec) that opens the segment by name; and the
+//! placement table that keeps typed references sound, across threads, a
+//! fork and an exec.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use shmutils::{AbsoluteMemory, Error, MapFlags, MapProtections, MappedMemory, Mode, ShmFd};
-use shmutils_workspace::{fork, ShmName};
+use shmutils::{AbsoluteMemory, Error, Lock, MapFlags, MapProtections, MappedMemory, Mode, ShmFd};
+use shmutils_workspace::{fork, Child, ShmName};
 
 const RW: MapProtections = MapProtections::READ_WRITE;
 
@@ -62,7 +65,7 @@ fn spawned_child_opens_by_name_and_counts() {
 fn spawned_child_maps_at_the_same_fixed_address() {
     let len = 4 * 4096;
     let (name, fd) = segment("fixed", len as u64);
-    let m = AbsoluteMemory::map_shareable(len, RW, Some(&fd)).unwrap();
+    let mut m = AbsoluteMemory::map_shareable(len, RW, Some(&fd)).unwrap();
     m.write(256, b"parent!!").unwrap();
     let expected_abs = m.abs_address_at(256).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_child-mmap"))
@@ -144,7 +147,7 @@ fn read_only_descriptor_cannot_be_mapped_writable() {
 fn inherited_mapping_keeps_its_address_in_a_forked_child() {
     let (_name, fd) = segment("inherit", 4096);
     let m = MappedMemory::new(None, 4096, RW, MapFlags::SHARED, Some(&fd)).unwrap();
-    let abs = AbsoluteMemory::from_inherited(m);
+    let mut abs = AbsoluteMemory::from_inherited(m);
     let addr = abs.abs_address_at(100).unwrap();
     let child = fork(|| {
         // Same address in the child: the absolute address reads what the
@@ -158,4 +161,156 @@ fn inherited_mapping_keeps_its_address_in_a_forked_child() {
     });
     assert_eq!(child.wait(), 0);
     assert_eq!(abs.at(100..106).unwrap(), b"forked");
+}
+
+/// Waits at most `limit` for `child`; a child still running then is killed
+/// and reported as hung.
+fn wait_bounded(child: Child, limit: Duration) -> Result<i32, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: a valid out-pointer; the pid is our unreaped child.
+        let r = unsafe { libc::waitpid(child.pid(), &mut status, libc::WNOHANG) };
+        if r == child.pid() {
+            std::mem::forget(child); // reaped: its Drop must not signal the pid
+            return Ok(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
+        }
+        assert_eq!(r, 0, "waitpid: {}", std::io::Error::last_os_error());
+        if Instant::now() >= deadline {
+            child.kill();
+            return Err(format!("still running after {limit:?}, killed"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn is_mismatch<T: std::fmt::Debug>(r: shmutils::Result<T>) -> bool {
+    matches!(r, Err(Error::TypeMismatch { .. }))
+}
+
+#[test]
+fn a_forked_child_inherits_the_placements() {
+    let (_name, fd) = segment("fork-table", 4096);
+    let m = MappedMemory::new(None, 4096, RW, MapFlags::SHARED, Some(&fd)).unwrap();
+    let v = m.get::<AtomicU64>(64).unwrap();
+    v.store(1923, Ordering::SeqCst);
+    let child = fork(|| {
+        // The parent's `v` is alive in the child's memory too, so the
+        // child's table must still refuse other views of its bytes.
+        let refused = is_mismatch(m.get::<u64>(64)) && is_mismatch(m.at(60..68));
+        let same = std::ptr::eq(m.get::<AtomicU64>(64).unwrap(), v);
+        let counted = v.swap(8900, Ordering::SeqCst) == 1923;
+        let elsewhere = m.get::<u64>(72).is_ok() && m.at(0..64).is_ok();
+        i32::from(!refused)
+            | i32::from(!same) << 1
+            | i32::from(!counted) << 2
+            | i32::from(!elsewhere) << 3
+    });
+    assert_eq!(child.wait(), 0, "bit set = check failed in the child");
+    assert_eq!(v.load(Ordering::SeqCst), 8900);
+    // The child's placement at 72 was its own: the parent's table is unchanged.
+    assert!(m.get::<AtomicU64>(72).is_ok());
+}
+
+#[test]
+fn spawned_child_gets_the_lock_its_parent_placed() {
+    let (name, fd) = segment("spawn-lock", 8192);
+    let mut m = MappedMemory::new(None, 8192, RW, MapFlags::SHARED, Some(&fd)).unwrap();
+    let lock = m.init(256, Lock::new(1923u64)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_child-mmap"))
+        .args(["lock", &name, "256"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1923 TypeMismatch"
+    );
+    assert_eq!(*lock.lock().unwrap(), 1924);
+}
+
+/// The reviewer's third case: a byte copy while another thread stores
+/// through a `&AtomicU64` from `get`. The copy is refused, every time;
+/// copies beside the atomic go through.
+#[test]
+fn byte_copies_never_race_a_typed_store() {
+    let m = MappedMemory::new(None, 4096, RW, MapFlags::SHARED, None).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let storer = s.spawn(|| {
+            let v = m.get::<AtomicU64>(64).unwrap();
+            let mut stores = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                stores += 1;
+                v.store(stores, Ordering::Relaxed);
+            }
+            stores
+        });
+        let t0 = Instant::now();
+        let mut refused = 0u32;
+        while refused < 1000 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the storer never placed its atomic"
+            );
+            match m.at(0..128) {
+                Err(Error::TypeMismatch { found, .. }) => {
+                    assert!(found.ends_with("placed at bytes 64..72"), "{found}");
+                    refused += 1;
+                }
+                // Only before the storer's `get` placed the atomic.
+                Ok(_) => assert_eq!(refused, 0, "a copy went through after the placement"),
+                Err(e) => panic!("{e}"),
+            }
+            assert_eq!(m.at(0..64).unwrap(), [0; 64]);
+            assert_eq!(m.at(72..128).unwrap(), [0; 56]);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let stores = storer.join().unwrap();
+        assert!(stores > 0);
+        let v = m.get::<AtomicU64>(64).unwrap();
+        assert_eq!(v.load(Ordering::Relaxed), stores);
+    });
+}
+
+/// A child forked while another thread of the parent holds the mapping's
+/// table lock (here: copying a 32 MiB range under it) is not stuck on that
+/// lock: the thread does not exist in the child, which takes the lock over.
+#[test]
+fn a_child_forked_during_a_copy_is_not_stuck() {
+    const LEN: usize = 32 << 20;
+    let m = MappedMemory::new(None, LEN, RW, MapFlags::SHARED, None).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(m.at(4096..LEN).unwrap().len(), LEN - 4096);
+            }
+        });
+        for round in 0..10 {
+            std::thread::sleep(Duration::from_millis(3));
+            let child = fork(|| {
+                let typed = m
+                    .get::<AtomicU64>(8)
+                    .map(|v| v.fetch_add(1, Ordering::SeqCst));
+                let bytes = m.at(16..24);
+                i32::from(typed.is_err()) | i32::from(bytes.is_err()) << 1
+            });
+            let outcome = wait_bounded(child, Duration::from_secs(20));
+            if outcome != Ok(0) {
+                stop.store(true, Ordering::Relaxed);
+                panic!("round {round}: child {outcome:?}");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(m.get::<AtomicU64>(8).unwrap().load(Ordering::SeqCst), 10);
 }

@@ -13,7 +13,7 @@ const SIZE: usize = 1 << 20;
 /// Writes `bytes` at `offset` of the named object through a plain mapping.
 fn scribble(name: &str, offset: usize, bytes: &[u8]) {
     let fd = ShmFd::open(name, Mode::ReadWrite).unwrap();
-    let m = MappedMemory::new(
+    let mut m = MappedMemory::new(
         None,
         fd.size().unwrap() as usize,
         MapProtections::READ_WRITE,

@@ -73,7 +73,9 @@ impl RawLock {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`] or [`Error::Misaligned`] (4 bytes, aligned to 4),
-    /// [`Error::ReadOnly`] for a mapping that is not read-write.
+    /// [`Error::ReadOnly`] for a mapping that is not read-write,
+    /// [`Error::TypeMismatch`] when the mapping placed another type on those
+    /// bytes (see [`MappedMemory::get`]).
     pub fn from_mapping(m: &MappedMemory, offset: usize) -> Result<&RawLock> {
         m.get(offset)
     }

@@ -1,6 +1,13 @@
 //! Memory mappings: [`MappedMemory`] (relative addressing, every mapping)
 //! and [`AbsoluteMemory`] (a mapping whose address peers agree on).
 //!
+//! One idea per file: `mod.rs` is the mapping itself (creation, RAII
+//! unmapping, [`detach`](MappedMemory::detach), protections, page size) and
+//! its checked byte copies; `typed.rs` places [`Shared`](crate::Shared)
+//! values ([`MappedMemory::init`], [`MappedMemory::get`]); `placements.rs`
+//! is the table that keeps those references sound, and survives `fork`;
+//! `absolute.rs` is [`AbsoluteMemory`].
+//!
 //! # Relative and absolute
 //! Every access to a [`MappedMemory`] names an **offset** from the start of
 //! the mapping, so the same code works whatever address the kernel chose in
@@ -13,25 +20,72 @@
 //! [`absolute_at`](AbsoluteMemory::absolute_at); it dereferences to
 //! [`MappedMemory`], so it can be used wherever a relative mapping can.
 //!
-//! # Soundness of byte access
+//! # Byte access
 //! Another process may write the mapped bytes at any moment, so a `&[u8]`
 //! into them would promise an immutability nobody can keep. Byte access is
 //! therefore **copying**: [`MappedMemory::read`], [`MappedMemory::at`] and
 //! [`MappedMemory::write`] copy through raw pointers, and a concurrent peer
 //! write can at worst make the copy a mix of old and new bytes. The
-//! borrowing view [`MappedMemory::bytes`] is `unsafe` and says why. Typed
-//! access ([`MappedMemory::get`]) hands out `&T` only for [`Shared`] types,
-//! whose every bit pattern is valid and whose mutation goes through atomics
-//! or locks.
+//! borrowing view [`MappedMemory::bytes`] is `unsafe` and says why.
+//!
+//! # Typed placement
+//! [`MappedMemory::init`] and [`MappedMemory::get`] hand out `&T` for
+//! [`Shared`](crate::Shared) types, whose every bit pattern is valid and
+//! whose mutation through `&T` goes through atomics or locks. Rust also
+//! requires that while a `&T` lives its bytes (outside `UnsafeCell`) change
+//! through no other path of the process, and that no non-atomic access
+//! races an atomic one. Each mapping therefore keeps a **placement table**,
+//! in process memory, of the values it placed:
+//!
+//! - `init::<T>(&mut self, offset, value)` writes `value` and records "a
+//!   `T` at `offset`", replacing every placement it overlaps: with `&mut
+//!   self` no reference into the mapping is alive, so bytes may change type.
+//! - `get::<T>(&self, offset)` succeeds when a `T` is placed at exactly
+//!   `offset` (the same reference again), or when nothing placed overlaps
+//!   `offset..offset + size_of::<T>()`: the first typed view claims the
+//!   bytes as a `T`. A placement of another type, or at another offset,
+//!   over any of the bytes is an [`Error::TypeMismatch`]. So a process that
+//!   opened the object by name gets the lock its creator placed, and no
+//!   process gets a `&u64` and a `&AtomicU64` over the same bytes.
+//! - Placements outlive the references: the bytes stay a `T` until `init`
+//!   places something else or [`MappedMemory::clear_placements`] forgets
+//!   them (both `&mut self`).
+//! - [`write`](MappedMemory::write), and every other method that may change
+//!   bytes, takes `&mut self`: the borrow checker refuses it while a `&T`
+//!   from `get`/`init` lives.
+//! - Byte copies out ([`read`](MappedMemory::read), [`at`](MappedMemory::at),
+//!   [`absolute_at`](AbsoluteMemory::absolute_at), and the unsafe
+//!   [`bytes`](MappedMemory::bytes)) refuse every placed range with an
+//!   [`Error::TypeMismatch`], whatever the type: stable Rust cannot tell a
+//!   type with interior mutability (an atomic, a lock) from one without,
+//!   and a non-atomic copy racing an atomic store is a data race.
+//!
+//! The table belongs to one mapping in one process. A `fork`ed child
+//! inherits it with the rest of the parent's memory (the parent's
+//! references are in the child's memory too), consistent even if another
+//! thread was using it at the moment of the fork. A process that maps the
+//! object by name, and a mapping rebuilt with
+//! [`from_raw_parts`](MappedMemory::from_raw_parts), start with an empty
+//! table. What the table cannot see is a writer outside this mapping:
+//! another process, or a second `MappedMemory` of the same object in this
+//! process. Those are peers, trusted to change shared values only through
+//! atomics and locks (DESIGN.md rule 4); one that does otherwise can make
+//! this process read wrong values.
 
-use std::ops::{Deref, Range};
+mod absolute;
+mod placements;
+mod typed;
+
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
 use bitflags::bitflags;
 
+pub use absolute::AbsoluteMemory;
+use placements::Placements;
+
 use crate::error::{Error, Result};
-use crate::shared::Shared;
 use crate::shm::ShmFd;
 use crate::sys;
 
@@ -118,7 +172,7 @@ pub unsafe fn munmap(addr: usize, len: usize) -> Result<()> {
 ///
 /// ```
 /// use shmutils::{MapFlags, MapProtections, MappedMemory};
-/// let m = MappedMemory::new(None, 4096, MapProtections::READ_WRITE, MapFlags::SHARED, None)?;
+/// let mut m = MappedMemory::new(None, 4096, MapProtections::READ_WRITE, MapFlags::SHARED, None)?;
 /// m.write(100, b"hello")?;
 /// assert_eq!(m.at(100..105)?, b"hello");
 /// assert!(m.at(4090..4100).is_err());
@@ -126,20 +180,48 @@ pub unsafe fn munmap(addr: usize, len: usize) -> Result<()> {
 /// ```
 #[derive(Debug)]
 pub struct MappedMemory {
+    region: Region,
+    /// What `init`/`get` placed where, in this process (typed.rs).
+    placements: Placements,
+}
+
+/// The mapped pages themselves: unmapped when dropped.
+#[derive(Debug)]
+struct Region {
     ptr: NonNull<u8>,
     len: usize,
     prot: MapProtections,
 }
 
+// SAFETY: a Region is an owned range of raw memory with no thread affinity;
+// it is only reached through `MappedMemory`, whose accessors are safe to
+// call from any thread (byte copies through raw pointers, `Shared` values,
+// which are Send + Sync, and a table behind its own lock).
+unsafe impl Send for Region {}
+// SAFETY: sharing `&Region` only shares the address and length; see Send.
+unsafe impl Sync for Region {}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping, and dropping it means the owning
+        // `MappedMemory` is dropped, so no borrow of it (and no `&T` from
+        // `get`) survives. An error here can only mean a bug; there is
+        // nobody to report it to in drop.
+        let _ = unsafe { sys::munmap(self.ptr.as_ptr(), self.len) };
+    }
+}
+
 /// A plain (relative) mapping; the same type as [`MappedMemory`].
 pub type RelativeMemory = MappedMemory;
 
-// SAFETY: a MappedMemory is an owned region of raw memory; every access goes
-// through checked copies or `Shared` types, which are Sync, so it may be
-// moved to and shared with other threads.
-unsafe impl Send for MappedMemory {}
-// SAFETY: as above.
-unsafe impl Sync for MappedMemory {}
+impl MappedMemory {
+    fn from_region(ptr: NonNull<u8>, len: usize, prot: MapProtections) -> MappedMemory {
+        MappedMemory {
+            region: Region { ptr, len, prot },
+            placements: Placements::new(),
+        }
+    }
+}
 
 impl MappedMemory {
     /// Maps `len` bytes: of `fd` from its start, or anonymous memory when
@@ -229,7 +311,7 @@ impl MappedMemory {
         let ptr = NonNull::new(p).ok_or_else(|| Error::InvalidArgument {
             what: "the kernel mapped address 0".to_owned(),
         })?;
-        let m = MappedMemory { ptr, len, prot };
+        let m = MappedMemory::from_region(ptr, len, prot);
         if fixed && p as usize != addr {
             // Kernels before 4.17 treat FIXED_NOREPLACE as a hint; `m` unmaps
             // the misplaced mapping on drop.
@@ -239,37 +321,41 @@ impl MappedMemory {
     }
 
     /// Takes ownership of a mapping, e.g. one given up with
-    /// [`detach`](Self::detach).
+    /// [`detach`](Self::detach). It starts with an empty placement table.
     ///
     /// # Safety
     /// `addr..addr + len` must be a live mapping with protection `prot`
-    /// that nothing else owns or unmaps, and `addr` must not be 0.
+    /// that nothing else owns or unmaps, and `addr` must not be 0. No
+    /// reference into it made before (by an earlier owner, or through the
+    /// address) may be used while the new owner lives: its table does not
+    /// know them.
     pub unsafe fn from_raw_parts(addr: usize, len: usize, prot: MapProtections) -> MappedMemory {
         // SAFETY: the caller guarantees a non-null live mapping.
         let ptr = unsafe { NonNull::new_unchecked(addr as *mut u8) };
-        MappedMemory { ptr, len, prot }
+        MappedMemory::from_region(ptr, len, prot)
     }
 
     /// Length of the mapping in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.region.len
     }
 
     /// Whether the mapping is empty (never true: zero-length mappings are
     /// refused).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.region.len == 0
     }
 
     /// Address of the first byte, for FFI. Storing it in shared memory is
-    /// what relative pointers exist to avoid.
+    /// what relative pointers exist to avoid; writing through it while a
+    /// reference from [`get`](Self::get) lives breaks that reference.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.region.ptr.as_ptr()
     }
 
     /// The protection the mapping was made with.
     pub fn protections(&self) -> MapProtections {
-        self.prot
+        self.region.prot
     }
 
     /// The system page size; the same as [`page_size`].
@@ -288,32 +374,17 @@ impl MappedMemory {
     /// [`Error::OutOfBounds`] otherwise (also when the sum overflows).
     pub fn check_range(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
+            Some(end) if end <= self.len() => Ok(()),
             _ => Err(Error::OutOfBounds {
                 offset,
                 len,
-                size: self.len,
+                size: self.len(),
             }),
         }
     }
 
-    /// Checks that a `T` fits at `offset` and is aligned there, and returns
-    /// its address.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] or [`Error::Misaligned`].
-    pub fn check_typed<T>(&self, offset: usize) -> Result<*mut T> {
-        self.check_range(offset, std::mem::size_of::<T>())?;
-        let align = std::mem::align_of::<T>();
-        let addr = self.ptr.as_ptr() as usize + offset;
-        if addr % align != 0 {
-            return Err(Error::Misaligned { offset, align });
-        }
-        Ok(addr as *mut T)
-    }
-
     fn check_readable(&self) -> Result<()> {
-        if self.prot.contains(MapProtections::READ) {
+        if self.region.prot.contains(MapProtections::READ) {
             Ok(())
         } else {
             Err(Error::InvalidArgument {
@@ -323,31 +394,53 @@ impl MappedMemory {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.prot.contains(MapProtections::READ_WRITE) {
+        if self.region.prot.contains(MapProtections::READ_WRITE) {
             Ok(())
         } else {
             Err(Error::ReadOnly)
         }
     }
 
+    /// The offsets `range` covers, checked to lie in the mapping.
+    fn checked_range(&self, range: Range<usize>) -> Result<Range<usize>> {
+        let len = range
+            .end
+            .checked_sub(range.start)
+            .ok_or(Error::OutOfBounds {
+                offset: range.start,
+                len: 0,
+                size: self.len(),
+            })?;
+        self.check_range(range.start, len)?;
+        Ok(range)
+    }
+
     /// Copies `buf.len()` bytes starting at `offset` into `buf`.
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; [`Error::InvalidArgument`] if the mapping is
-    /// not readable.
+    /// not readable; [`Error::TypeMismatch`] if a typed value is placed on
+    /// any of the bytes (by [`init`](Self::init) or [`get`](Self::get)):
+    /// the copy could race a store through it. Byte copies refuse every
+    /// placed type, atomic or not ([module docs](self#typed-placement)).
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check_readable()?;
         self.check_range(offset, buf.len())?;
+        let range = offset..offset + buf.len();
+        // Held during the copy, so no `get` can place a value on these
+        // bytes (and store through it) until the copy is done.
+        let table = self.placements.lock();
+        table.check_untyped(&range)?;
         // SAFETY: the range is inside the live, readable mapping and `buf`
-        // is a distinct Rust buffer. A peer writing concurrently can only
-        // make the copy a mix of old and new bytes (module docs).
+        // is a distinct Rust buffer. In this process nothing writes these
+        // bytes during the copy: `write`/`init` need `&mut self`, and no
+        // typed reference covers them (checked under the table lock, held
+        // until the copy ends). A peer writing concurrently can only make
+        // the copy a mix of old and new bytes (module docs).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
         };
+        drop(table);
         Ok(())
     }
 
@@ -357,38 +450,31 @@ impl MappedMemory {
     /// As [`read`](Self::read); also [`Error::OutOfBounds`] for a reversed
     /// range.
     pub fn at(&self, range: Range<usize>) -> Result<Vec<u8>> {
-        let len = range
-            .end
-            .checked_sub(range.start)
-            .ok_or(Error::OutOfBounds {
-                offset: range.start,
-                len: 0,
-                size: self.len,
-            })?;
-        self.check_range(range.start, len)?;
-        let mut v = vec![0u8; len];
+        let range = self.checked_range(range)?;
+        let mut v = vec![0u8; range.len()];
         self.read(range.start, &mut v)?;
         Ok(v)
     }
 
     /// Copies `bytes` into the mapping at `offset`.
     ///
+    /// `&mut self`: no reference from [`get`](Self::get) or
+    /// [`init`](Self::init) may live across a write, since the write may
+    /// change its bytes. Placements stay: writing bytes into a placed value
+    /// (a lock word, a field) does not change its type.
+    ///
     /// # Errors
     /// [`Error::OutOfBounds`]; [`Error::ReadOnly`] if the mapping is not
     /// read-write.
-    pub fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<()> {
         self.check_writable()?;
         self.check_range(offset, bytes.len())?;
-        // SAFETY: the range is inside the live, writable mapping. No `&[u8]`
-        // into the mapping exists except through the unsafe `bytes`, whose
-        // caller promised no concurrent writes; typed `&T` are `Shared`,
-        // valid for every bit pattern.
+        // SAFETY: the range is inside the live, writable mapping. `&mut
+        // self` shows that no reference from `get`/`init` (and no slice
+        // from `bytes`) is alive in this process, and no other thread is
+        // copying out of the mapping.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.ptr.as_ptr().add(offset),
-                bytes.len(),
-            )
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.as_ptr().add(offset), bytes.len())
         };
         Ok(())
     }
@@ -396,61 +482,23 @@ impl MappedMemory {
     /// Borrows the bytes of `range` without copying.
     ///
     /// # Safety
-    /// While the slice lives, no process (this one included) may write
-    /// those bytes: a write would break the immutability `&[u8]` promises.
+    /// While the slice lives, nothing may write those bytes: no other
+    /// process or other mapping of the object, and in this process no
+    /// value placed on them with [`get`](Self::get) after this call (a
+    /// `&T` may store through atomics). `write` and `init` take `&mut self`
+    /// and are ruled out by the borrow.
     ///
     /// # Errors
-    /// As [`at`](Self::at).
+    /// As [`at`](Self::at), including [`Error::TypeMismatch`] when a typed
+    /// value is already placed on any of the bytes.
     pub unsafe fn bytes(&self, range: Range<usize>) -> Result<&[u8]> {
         self.check_readable()?;
-        let len = range
-            .end
-            .checked_sub(range.start)
-            .ok_or(Error::OutOfBounds {
-                offset: range.start,
-                len: 0,
-                size: self.len,
-            })?;
-        self.check_range(range.start, len)?;
-        // SAFETY: in bounds of the live mapping; the caller rules out writes.
-        Ok(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(range.start), len) })
-    }
-
-    /// Places `value` at `offset` and returns a reference to it.
-    ///
-    /// `&mut self` makes this the only access to the mapping from this
-    /// process; other processes must not use the bytes before the value is
-    /// published to them (DESIGN.md rule 4).
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::ReadOnly`].
-    pub fn init<T: Shared>(&mut self, offset: usize, value: T) -> Result<&T> {
-        self.check_writable()?;
-        let p = self.check_typed::<T>(offset)?;
-        // SAFETY: `p` is in bounds and aligned for T in the live writable
-        // mapping; `&mut self` rules out other references from this process.
-        unsafe {
-            p.write(value);
-            Ok(&*p)
-        }
-    }
-
-    /// Returns a reference to the `T` at `offset`.
-    ///
-    /// Any bytes make a valid `T` ([`Shared`]), so this cannot observe an
-    /// invalid value even if a peer wrote garbage there.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`]; [`Error::ReadOnly`] for
-    /// a mapping that is not read-write (a `Shared` type may mutate through
-    /// `&T`, which would fault on a read-only page).
-    pub fn get<T: Shared>(&self, offset: usize) -> Result<&T> {
-        self.check_writable()?;
-        let p = self.check_typed::<T>(offset)?;
-        // SAFETY: in bounds, aligned, in a live read-write mapping, and every
-        // bit pattern is a valid `T` (Shared); mutation through `&T` is
-        // atomic or locked.
-        Ok(unsafe { &*p })
+        let range = self.checked_range(range)?;
+        self.placements.lock().check_untyped(&range)?;
+        // SAFETY: in bounds of the live mapping, which the slice borrows;
+        // u8 is valid for any byte; no typed reference covers the range
+        // now, and the caller rules out writes while the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts(self.as_ptr().add(range.start), range.len()) })
     }
 
     /// Changes the protection of the pages covering `range`.
@@ -474,20 +522,22 @@ impl MappedMemory {
         }
         // SAFETY: in bounds of the owned mapping; the caller accepts the
         // new protection.
-        unsafe { sys::mprotect(self.ptr.as_ptr().add(range.start), len, prot.bits()) }
+        unsafe { sys::mprotect(self.as_ptr().add(range.start), len, prot.bits()) }
             .map_err(|e| Error::io(format!("mprotect of {len} bytes"), e))?;
-        if range.start == 0 && round_to_page_size(len) >= round_to_page_size(self.len) {
-            self.prot = prot;
+        if range.start == 0 && round_to_page_size(len) >= round_to_page_size(self.len()) {
+            self.region.prot = prot;
         }
         Ok(())
     }
 
     /// Tells the kernel that `range` will not be needed soon
-    /// (`MADV_DONTNEED`); for shared mappings the contents stay.
+    /// (`MADV_DONTNEED`); for shared mappings the contents stay, private
+    /// ones go back to the object's contents (or zeros), which is why it
+    /// takes `&mut self`: no `&T` from [`get`](Self::get) may see that.
     ///
     /// # Errors
     /// As [`protect`](Self::protect).
-    pub fn advise_dont_need(&self, range: Range<usize>) -> Result<()> {
+    pub fn advise_dont_need(&mut self, range: Range<usize>) -> Result<()> {
         let len = range.end.saturating_sub(range.start);
         self.check_range(range.start, len)?;
         if range.start % page_size() != 0 {
@@ -498,171 +548,23 @@ impl MappedMemory {
         }
         // SAFETY: in bounds of the owned mapping; for a SHARED mapping
         // MADV_DONTNEED only drops this process's page table entries, and for
-        // a PRIVATE one it resets pages to the object's contents, which the
-        // safe accessors read as ordinary bytes.
-        unsafe { sys::madvise(self.ptr.as_ptr().add(range.start), len, libc::MADV_DONTNEED) }
+        // a PRIVATE one it resets pages to the object's contents, which
+        // `&mut self` shows no reference of this process is looking at.
+        unsafe { sys::madvise(self.as_ptr().add(range.start), len, libc::MADV_DONTNEED) }
             .map_err(|e| Error::io(format!("madvise of {len} bytes"), e))
     }
 
     /// Gives up ownership: the mapping stays mapped and the caller must
     /// eventually [`munmap`] it (or rebuild it with
     /// [`from_raw_parts`](Self::from_raw_parts)). Returns `(address, len)`.
+    /// The placement table is dropped: consuming `self` ends every
+    /// reference `get` handed out.
     pub fn detach(self) -> (usize, usize) {
-        let parts = (self.ptr.as_ptr() as usize, self.len);
-        std::mem::forget(self);
+        let MappedMemory { region, placements } = self;
+        drop(placements);
+        let parts = (region.ptr.as_ptr() as usize, region.len);
+        std::mem::forget(region);
         parts
-    }
-}
-
-impl Drop for MappedMemory {
-    fn drop(&mut self) {
-        // SAFETY: we own the mapping and `&mut self` shows no borrow of it
-        // survives. An error here can only mean a bug; there is nobody to
-        // report it to in drop.
-        let _ = unsafe { sys::munmap(self.ptr.as_ptr(), self.len) };
-    }
-}
-
-/// Address space the kernel leaves alone in a freshly exec'd Linux process
-/// on x86-64 and aarch64 (executables and brk sit below, the mmap area and
-/// stack above), used to pick an address a spawned child can map too.
-const PORTABLE_RANGE: Range<usize> = 0x1000_0000_0000..0x5000_0000_0000;
-
-/// A mapping at an address that peers agree on, so absolute addresses
-/// inside it mean the same thing in every process that maps it this way.
-///
-/// It dereferences to [`MappedMemory`] for all relative access.
-///
-/// ```
-/// use shmutils::{AbsoluteMemory, MapProtections};
-/// let m = AbsoluteMemory::map_shareable(8192, MapProtections::READ_WRITE, None)?;
-/// let abs = m.abs_address_at(64)?;
-/// assert_eq!(m.relative_address_at(abs)?, 64);
-/// # Ok::<(), shmutils::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct AbsoluteMemory {
-    inner: MappedMemory,
-}
-
-impl AbsoluteMemory {
-    /// Maps `len` bytes of `fd` (anonymous memory for `None`) exactly at
-    /// `addr`, with `MAP_FIXED_NOREPLACE`: an address already in use is an
-    /// error, never silently replaced. `flags` may add `NORESERVE` or
-    /// `POPULATE`; the mapping is always `SHARED`.
-    ///
-    /// # Errors
-    /// [`Error::AddressInUse`] when anything is mapped in the range;
-    /// otherwise as [`MappedMemory::new`].
-    pub fn map_at(
-        addr: usize,
-        len: usize,
-        prot: MapProtections,
-        flags: MapFlags,
-        fd: Option<&ShmFd>,
-    ) -> Result<AbsoluteMemory> {
-        let flags = (flags - MapFlags::PRIVATE) | MapFlags::SHARED | MapFlags::FIXED_NOREPLACE;
-        Ok(AbsoluteMemory {
-            inner: MappedMemory::new(Some(addr), len, prot, flags, fd)?,
-        })
-    }
-
-    /// Maps `len` bytes of `fd` at an address chosen so that a spawned child
-    /// (a fresh `exec`) can most likely map it at the same address with
-    /// [`map_at`](Self::map_at): one in the middle of the address space,
-    /// far from where executables, the heap, libraries and stacks go.
-    /// Pass [`address`](Self::address) to the child.
-    ///
-    /// # Errors
-    /// As [`map_at`](Self::map_at), after several addresses were tried.
-    pub fn map_shareable(
-        len: usize,
-        prot: MapProtections,
-        fd: Option<&ShmFd>,
-    ) -> Result<AbsoluteMemory> {
-        let span = PORTABLE_RANGE.end - PORTABLE_RANGE.start - round_to_page_size(len);
-        let mut last = None;
-        for _ in 0..16 {
-            let mut seed = [0u8; 8];
-            sys::getrandom(&mut seed).map_err(|e| Error::io("getrandom", e))?;
-            let pick = (u64::from_le_bytes(seed) as usize % span) & !(page_size() - 1);
-            match AbsoluteMemory::map_at(
-                PORTABLE_RANGE.start + pick,
-                len,
-                prot,
-                MapFlags::empty(),
-                fd,
-            ) {
-                Err(e @ Error::AddressInUse { .. }) => last = Some(e),
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or(Error::AddressInUse {
-            addr: PORTABLE_RANGE.start,
-            len,
-        }))
-    }
-
-    /// Adopts a mapping whose address peers already share: typically one
-    /// made before `fork`, which the child inherits at the same address.
-    /// This is the explicit opt-in to absolute addressing.
-    pub fn from_inherited(mapping: MappedMemory) -> AbsoluteMemory {
-        AbsoluteMemory { inner: mapping }
-    }
-
-    /// Returns to relative-only access.
-    pub fn into_relative(self) -> MappedMemory {
-        self.inner
-    }
-
-    /// The mapping's start address.
-    pub fn address(&self) -> usize {
-        self.inner.as_ptr() as usize
-    }
-
-    /// The absolute address of `offset` (offset -> address). `offset` may
-    /// be `len()`, the one-past-the-end address.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] past the end.
-    pub fn abs_address_at(&self, offset: usize) -> Result<usize> {
-        self.inner.check_range(offset, 0)?;
-        Ok(self.address() + offset)
-    }
-
-    /// The offset of absolute address `addr` (address -> offset).
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] if `addr` is outside the mapping.
-    pub fn relative_address_at(&self, addr: usize) -> Result<usize> {
-        let offset = addr.wrapping_sub(self.address());
-        if addr < self.address() || offset > self.inner.len() {
-            return Err(Error::OutOfBounds {
-                offset: addr,
-                len: 0,
-                size: self.inner.len(),
-            });
-        }
-        Ok(offset)
-    }
-
-    /// Copies the bytes at absolute addresses `range` (the seed's
-    /// `absolute_at`).
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] unless the whole range is in the mapping.
-    pub fn absolute_at(&self, range: Range<usize>) -> Result<Vec<u8>> {
-        let start = self.relative_address_at(range.start)?;
-        let end = self.relative_address_at(range.end)?;
-        self.inner.at(start..end)
-    }
-}
-
-impl Deref for AbsoluteMemory {
-    type Target = MappedMemory;
-
-    fn deref(&self) -> &MappedMemory {
-        &self.inner
     }
 }
 
@@ -698,7 +600,7 @@ mod tests {
 
     #[test]
     fn read_write_round_trip_and_bounds() {
-        let m = anon(4096);
+        let mut m = anon(4096);
         m.write(4090, b"abcdef").unwrap();
         assert_eq!(m.at(4090..4096).unwrap(), b"abcdef");
         assert!(matches!(
@@ -719,22 +621,6 @@ mod tests {
         ));
         let mut buf = [0u8; 2];
         assert!(m.read(usize::MAX, &mut buf).is_err());
-    }
-
-    #[test]
-    fn typed_placement_checks_alignment_and_bounds() {
-        let mut m = anon(4096);
-        assert_eq!(*m.init(8, 1923u64).unwrap(), 1923);
-        assert_eq!(*m.get::<u64>(8).unwrap(), 1923);
-        assert!(matches!(
-            m.get::<u64>(4),
-            Err(Error::Misaligned {
-                offset: 4,
-                align: 8
-            })
-        ));
-        assert!(matches!(m.get::<u64>(4092), Err(Error::OutOfBounds { .. })));
-        assert!(matches!(m.init(4081, 1u64), Err(Error::Misaligned { .. })));
     }
 
     #[test]
@@ -766,7 +652,7 @@ mod tests {
 
     #[test]
     fn read_only_mapping_refuses_writes() {
-        let m =
+        let mut m =
             MappedMemory::new(None, 4096, MapProtections::READ, MapFlags::PRIVATE, None).unwrap();
         assert!(matches!(m.write(0, b"x"), Err(Error::ReadOnly)));
         assert!(matches!(m.get::<u32>(0), Err(Error::ReadOnly)));
@@ -774,44 +660,16 @@ mod tests {
     }
 
     #[test]
-    fn absolute_round_trips() {
-        let m = AbsoluteMemory::map_shareable(3 * page_size(), MapProtections::READ_WRITE, None)
-            .unwrap();
-        assert!(PORTABLE_RANGE.contains(&m.address()));
-        for off in [0, 1, 64, 4095, m.len()] {
-            let abs = m.abs_address_at(off).unwrap();
-            assert_eq!(abs, m.address() + off);
-            assert_eq!(m.relative_address_at(abs).unwrap(), off);
-        }
-        assert!(m.abs_address_at(m.len() + 1).is_err());
-        assert!(m.relative_address_at(m.address() - 1).is_err());
-        assert!(m.relative_address_at(m.address() + m.len() + 1).is_err());
-        m.write(10, b"xyz").unwrap();
-        let a = m.abs_address_at(10).unwrap();
-        assert_eq!(m.absolute_at(a..a + 3).unwrap(), b"xyz");
-    }
-
-    #[test]
-    fn fixed_noreplace_refuses_a_taken_address() {
-        let rw = MapProtections::READ_WRITE;
-        let a = AbsoluteMemory::map_shareable(page_size(), rw, None).unwrap();
-        let e = AbsoluteMemory::map_at(a.address(), page_size(), rw, MapFlags::empty(), None)
-            .unwrap_err();
-        assert!(
-            matches!(e, Error::AddressInUse { addr, .. } if addr == a.address()),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn detach_then_munmap() {
-        let m = anon(8192);
+        let mut m = anon(8192);
         m.write(0, b"q").unwrap();
+        m.get::<u64>(8).unwrap();
         let (addr, len) = m.detach();
         assert_eq!(len, 8192);
         // SAFETY: we own the detached mapping and hold no reference into it.
         let back = unsafe { MappedMemory::from_raw_parts(addr, len, MapProtections::READ_WRITE) };
-        assert_eq!(back.at(0..1).unwrap(), b"q");
+        // A new owner, a new table: the u64 placed at 8 is forgotten.
+        assert_eq!(back.at(0..16).unwrap(), b"q\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
         let (addr, len) = back.detach();
         // SAFETY: as above.
         unsafe { munmap(addr, len) }.unwrap();
