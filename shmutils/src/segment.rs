@@ -66,6 +66,29 @@ const _: () = assert!(std::mem::size_of::<SegmentHeader>() as u64 == HEADER_BYTE
 /// and reach its contents through [`heap`](Self::heap). The mapping is
 /// unmapped on drop; the name stays until [`unlink`](Self::unlink) (or
 /// drop, if the creator asked with [`unlink_on_drop`](Self::unlink_on_drop)).
+///
+/// # Trust model
+/// Every process attached to a segment can write all of it, so its bytes
+/// are untrusted input: every offset, length, tag, type id and
+/// discriminant is checked before use, and the library reads its own
+/// metadata only through atomics.
+///
+/// - A peer that is buggy, crashed half-way or hostile **can** make you
+///   read wrong values, fill the heap, leak blocks, remove names, give you
+///   typed errors (`HeapCorrupt`, `TypeMismatch`, `FreedObject`,
+///   `OwnerDied`, ...), shrink the object so that your next access to a lost
+///   page raises `SIGBUS`, and, by forging consistent bookkeeping, make the
+///   heap hand one block to two owners.
+/// - It **can never** make this process read or write outside the mapping
+///   through the library, make the library panic, or hang a lock forever.
+/// - You **rely on** peers to change shared values only through atomics and
+///   lock guards, and to free only blocks nobody uses: a peer that writes
+///   plain bytes under a `&T` you hold breaks Rust's aliasing rules in your
+///   process, and no library can stop that in shared memory.
+///
+/// In one process, safe code is sound whatever the segment holds: typed
+/// reads check each block's type, freeing is `unsafe` (or done by a
+/// [`SharedBox`](crate::SharedBox)), and forging pointers is `unsafe`.
 #[derive(Debug)]
 pub struct Segment {
     map: MappedMemory,
