@@ -236,7 +236,7 @@ pub(super) fn stats(heap: &SharedHeap<'_>) -> HeapStats {
         in_use_bytes,
         in_use_blocks: classes.iter().map(|c| c.in_use).sum(),
         free_bytes: heap.geo.arena_bytes() - in_use_bytes,
-        named_objects: heap.directory_census().0,
+        named_objects: heap.directory().census().0,
         classes: classes.into_iter().filter(|c| c.spans > 0).collect(),
     }
 }
@@ -375,8 +375,8 @@ pub(super) fn check(heap: &SharedHeap<'_>) -> CheckReport {
         }
     }
 
-    r.abandoned.extend(heap.directory_census().1);
-    for e in heap.directory_entries() {
+    r.abandoned.extend(heap.directory().census().1);
+    for e in heap.directory().entries() {
         let name = String::from_utf8_lossy(&e.name);
         let live = usize::try_from(e.size)
             .ok()

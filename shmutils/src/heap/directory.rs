@@ -232,13 +232,21 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-impl<'s> SharedHeap<'s> {
-    fn entry(&self, i: usize) -> &'s DirEntry {
+/// The named-object directory of a heap (its entries are in the heap's
+/// bookkeeping; [`SharedHeap::find_or_init`], [`SharedHeap::find`] and
+/// [`SharedHeap::remove`] are its public face).
+#[derive(Clone, Copy)]
+pub(crate) struct Directory<'s> {
+    pub(crate) heap: SharedHeap<'s>,
+}
+
+impl<'s> Directory<'s> {
+    pub(crate) fn entry(&self, i: usize) -> &'s DirEntry {
         let i = i % DIR_CAPACITY;
-        let off = self.geo.dir_off + (i * size_of::<DirEntry>()) as u64;
+        let off = self.heap.geo.dir_off + (i * size_of::<DirEntry>()) as u64;
         // SAFETY: i < DIR_CAPACITY, so the entry lies in the directory
         // inside the mapping (validated geometry); 8-aligned; all atomics.
-        unsafe { &*(self.base.as_ptr().add(off as usize) as *const DirEntry) }
+        unsafe { &*(self.heap.base.as_ptr().add(off as usize) as *const DirEntry) }
     }
 
     /// A consistent copy of entry `i` if it is `READY`.
@@ -338,24 +346,8 @@ impl<'s> SharedHeap<'s> {
         Ok(RelPtr::from_heap(snap.offset))
     }
 
-    /// The named object `name`, made by `init` if it does not exist yet.
-    ///
-    /// Atomic across processes: of any number of racing callers exactly one
-    /// runs its `init`; the others wait for its object. A caller whose
-    /// initializer died (crashed process) is replaced by the next caller.
-    /// Calling it for `name` from inside `name`'s own `init` is an error,
-    /// not a deadlock.
-    ///
-    /// # Errors
-    /// [`Error::TypeMismatch`] if `name` holds another type (compared by
-    /// fingerprint, size and alignment); [`Error::DirectoryFull`];
-    /// [`Error::InvalidArgument`] for a name of 0 or more than
-    /// [`MAX_NAME_LEN`] bytes, or reentrant use; errors of
-    /// [`new`](Self::new); [`Error::Timeout`] if another live thread's
-    /// initialization of `name` does not finish within 10 seconds (or the
-    /// entry claims one that is not happening). If `init` panics, the entry
-    /// is released and the panic continues.
-    pub fn find_or_init<T: Shared>(
+    /// [`SharedHeap::find_or_init`].
+    pub(crate) fn find_or_init<T: Shared>(
         &self,
         name: &str,
         init: impl FnOnce() -> T,
@@ -453,7 +445,7 @@ impl<'s> SharedHeap<'s> {
                     what: "initializer already used".to_owned(),
                 });
             };
-            let ptr = self.new(init())?;
+            let ptr = self.heap.new(init())?;
             e.offset.store(ptr.offset(), Ordering::Relaxed);
             // Release: publishes the fields and the object to the Acquire
             // loads in read_ready().
@@ -471,7 +463,7 @@ impl<'s> SharedHeap<'s> {
                 // SAFETY: the pointer was never published (our entry did not
                 // become READY), so nobody else holds it, and we made no
                 // reference to the value.
-                unsafe { self.delete(ptr)? };
+                unsafe { self.heap.delete(ptr)? };
                 return Err(Error::Timeout {
                     what: format!("named object {name:?}: the entry was taken over"),
                 });
@@ -481,13 +473,8 @@ impl<'s> SharedHeap<'s> {
         }
     }
 
-    /// The named object `name`, which must hold a `T`.
-    ///
-    /// # Errors
-    /// [`Error::NameNotFound`] if absent (or still being initialized);
-    /// [`Error::TypeMismatch`] naming both types if it holds another type;
-    /// [`Error::InvalidArgument`] for a bad name.
-    pub fn find<T: Shared>(&self, name: &str) -> Result<RelPtr<T>> {
+    /// [`SharedHeap::find`].
+    pub(crate) fn find<T: Shared>(&self, name: &str) -> Result<RelPtr<T>> {
         check_name(name)?;
         match self.scan(name, name_hash(name)) {
             Scan::Ready(snap) => self.typed::<T>(name, &snap),
@@ -497,14 +484,8 @@ impl<'s> SharedHeap<'s> {
         }
     }
 
-    /// Removes the name `name` from the directory. The object itself stays
-    /// allocated: others may still hold pointers to it or references from
-    /// it, so freeing it is a separate, `unsafe` step
-    /// ([`delete`](Self::delete)) for whoever knows that nobody does.
-    ///
-    /// # Errors
-    /// [`Error::NameNotFound`]; [`Error::InvalidArgument`] for a bad name.
-    pub fn remove(&self, name: &str) -> Result<()> {
+    /// [`SharedHeap::remove`].
+    pub(crate) fn remove(&self, name: &str) -> Result<()> {
         check_name(name)?;
         let hash = name_hash(name);
         loop {
@@ -538,7 +519,7 @@ impl<'s> SharedHeap<'s> {
 
     /// How many entries are `READY`, and which look abandoned (`INIT` by a
     /// dead thread), for stats and check.
-    pub(crate) fn directory_census(&self) -> (usize, Vec<String>) {
+    pub(crate) fn census(&self) -> (usize, Vec<String>) {
         let mut ready = 0;
         let mut stale = Vec::new();
         for i in 0..DIR_CAPACITY {
@@ -556,7 +537,7 @@ impl<'s> SharedHeap<'s> {
     }
 
     /// Every `READY` entry, for check.
-    pub(crate) fn directory_entries(&self) -> Vec<Snapshot> {
+    pub(crate) fn entries(&self) -> Vec<Snapshot> {
         (0..DIR_CAPACITY)
             .filter_map(|i| self.read_ready(i))
             .collect()
@@ -699,11 +680,13 @@ mod tests {
         let heap = region.heap();
         // Forge an entry left INIT by a thread id that cannot exist.
         let dead = state(INIT, name_hash("orphan"), i32::MAX as u32 - 1);
-        heap.entry_state(5).store(dead, Ordering::SeqCst);
-        assert_eq!(heap.directory_census().1.len(), 1);
+        heap.directory()
+            .entry_state(5)
+            .store(dead, Ordering::SeqCst);
+        assert_eq!(heap.directory().census().1.len(), 1);
         let p = heap.find_or_init("orphan", || 11u16).unwrap();
         assert_eq!(*heap.get(p).unwrap(), 11);
-        assert_eq!(heap.directory_census(), (1, vec![]));
+        assert_eq!(heap.directory().census(), (1, vec![]));
     }
 
     #[test]
@@ -715,7 +698,7 @@ mod tests {
         // A peer's stray copy: entry 1 becomes entry 0, then entry 0's state
         // is changed to READY with another name hash. Entry 0 now matches
         // the name and offset but not the state scan() found in entry 1.
-        let (a, b) = (heap.entry(0), heap.entry(1));
+        let (a, b) = (heap.directory().entry(0), heap.directory().entry(1));
         fn words(e: &DirEntry) -> Vec<&AtomicU64> {
             let mut w = vec![&e.state, &e.generation, &e.offset, &e.fingerprint];
             w.extend([&e.size, &e.align, &e.lens]);
@@ -743,7 +726,9 @@ mod tests {
         // Forge an entry left INIT by a thread that exists but is not
         // initializing anything (thread 1 always exists).
         let stuck = state(INIT, name_hash("stuck"), 1);
-        heap.entry_state(9).store(stuck, Ordering::SeqCst);
+        heap.directory()
+            .entry_state(9)
+            .store(stuck, Ordering::SeqCst);
         let started = std::time::Instant::now();
         match heap.find_or_init("stuck", || 1u8) {
             Err(Error::Timeout { what }) => assert!(what.contains("\"stuck\""), "{what}"),
@@ -752,7 +737,7 @@ mod tests {
         assert!(started.elapsed() >= INIT_WAIT);
         // Other names are not held up, and the entry's end frees the name.
         assert!(heap.find_or_init("other", || 2u8).is_ok());
-        heap.entry_state(9).store(0, Ordering::SeqCst);
+        heap.directory().entry_state(9).store(0, Ordering::SeqCst);
         assert_eq!(
             *heap
                 .get(heap.find_or_init("stuck", || 3u8).unwrap())

@@ -100,6 +100,7 @@ use class::{
     block_index, block_size, blocks_per_span, class_of, meta_offset, span_pages, CLASS_GEO,
     NCLASSES, NSMALL, PAGE, SLAB_PAGES,
 };
+use directory::Directory;
 use layout::{Geometry, HeapHeader, HEAD_STRIDE, HEAP_MAGIC, NSHARDS, SPAN_WORD_BYTES};
 use meta::Meta;
 use stack::Pop;
@@ -1199,6 +1200,59 @@ impl<'s> SharedHeap<'s> {
         Ok(self
             .resolve_range(ptr.offset(), size_of::<T>() as u64, align_of::<T>())?
             .cast())
+    }
+
+    // ----- named objects -----
+
+    /// The named-object directory.
+    pub(crate) fn directory(&self) -> Directory<'s> {
+        Directory { heap: *self }
+    }
+
+    /// The named object `name`, made by `init` if it does not exist yet.
+    ///
+    /// Atomic across processes: of any number of racing callers exactly one
+    /// runs its `init`; the others wait for its object. A caller whose
+    /// initializer died (crashed process) is replaced by the next caller.
+    /// Calling it for `name` from inside `name`'s own `init` is an error,
+    /// not a deadlock.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if `name` holds another type (compared by
+    /// fingerprint, size and alignment); [`Error::DirectoryFull`];
+    /// [`Error::InvalidArgument`] for a name of 0 or more than
+    /// [`MAX_NAME_LEN`] bytes, or reentrant use; errors of
+    /// [`new`](Self::new); [`Error::Timeout`] if another live thread's
+    /// initialization of `name` does not finish within 10 seconds (or the
+    /// entry claims one that is not happening). If `init` panics, the entry
+    /// is released and the panic continues.
+    pub fn find_or_init<T: Shared>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> T,
+    ) -> Result<RelPtr<T>> {
+        self.directory().find_or_init(name, init)
+    }
+
+    /// The named object `name`, which must hold a `T`.
+    ///
+    /// # Errors
+    /// [`Error::NameNotFound`] if absent (or still being initialized);
+    /// [`Error::TypeMismatch`] naming both types if it holds another type;
+    /// [`Error::InvalidArgument`] for a bad name.
+    pub fn find<T: Shared>(&self, name: &str) -> Result<RelPtr<T>> {
+        self.directory().find(name)
+    }
+
+    /// Removes the name `name` from the directory. The object itself stays
+    /// allocated: others may still hold pointers to it or references from
+    /// it, so freeing it is a separate, `unsafe` step
+    /// ([`delete`](Self::delete)) for whoever knows that nobody does.
+    ///
+    /// # Errors
+    /// [`Error::NameNotFound`]; [`Error::InvalidArgument`] for a bad name.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.directory().remove(name)
     }
 
     // ----- whole-heap views -----

@@ -40,12 +40,105 @@
 //! Each operation is one CAS. A process killed before it has changed
 //! nothing; killed after it, the list is consistent. What it can lose is
 //! the block in its hands between the pop and the claim of its meta word.
+//!
+//! # Model checking
+//! `pop` and `push_chain` are written over two small traits ([`Word`], an
+//! atomic 64-bit cell, and [`Nodes`], the blocks a list may name), so that
+//! with `--cfg loom` the tests at the end of this file run the very same
+//! code over `loom` atomics; the heap instantiates them with `std`'s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::class::GRANULE;
 use super::meta;
 use super::{Block, SharedHeap};
+
+/// An atomic 64-bit cell (a list head or a meta word).
+pub(crate) trait Word {
+    fn load(&self, order: Ordering) -> u64;
+    fn store(&self, v: u64, order: Ordering);
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+}
+
+macro_rules! impl_word {
+    ($t:ty) => {
+        impl Word for $t {
+            #[inline(always)]
+            fn load(&self, order: Ordering) -> u64 {
+                <$t>::load(self, order)
+            }
+            #[inline(always)]
+            fn store(&self, v: u64, order: Ordering) {
+                <$t>::store(self, v, order)
+            }
+            #[inline(always)]
+            fn compare_exchange(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                <$t>::compare_exchange(self, current, new, success, failure)
+            }
+            #[inline(always)]
+            fn compare_exchange_weak(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                <$t>::compare_exchange_weak(self, current, new, success, failure)
+            }
+        }
+    };
+}
+
+impl_word!(AtomicU64);
+#[cfg(loom)]
+impl_word!(loom::sync::atomic::AtomicU64);
+
+/// The blocks a free list may name.
+pub(crate) trait Nodes<'a> {
+    type W: Word + 'a;
+    /// The block starting at `off` and its meta word, if `off` is the start
+    /// of a block of class `class`.
+    fn node(&self, off: u64, class: usize) -> Option<(Block, &'a Self::W)>;
+    /// Counts a corrupt entry met on a list.
+    fn note_corruption(&self);
+}
+
+impl<'s> Nodes<'s> for SharedHeap<'s> {
+    type W = AtomicU64;
+
+    /// One page map entry: the free word's seal, checked next by `pop`,
+    /// says whether the word found is really that block's.
+    #[inline(always)]
+    fn node(&self, off: u64, class: usize) -> Option<(Block, &'s AtomicU64)> {
+        let b = self
+            .block_at(off)
+            .filter(|b| b.class == class && b.start == off)?;
+        self.meta_word(b).map(|m| (b, m))
+    }
+
+    fn note_corruption(&self) {
+        SharedHeap::note_corruption(self);
+    }
+}
 
 /// A head word from a tag and a block offset.
 #[inline]
@@ -78,21 +171,10 @@ pub(crate) enum Pop {
     },
 }
 
-/// The block a head or link names, if it is the start of a block of class
-/// `class` (one page map entry: the free word's seal, checked next, says
-/// whether the word found is really that block's).
-#[inline]
-fn listed<'s>(heap: &SharedHeap<'s>, off: u64, class: usize) -> Option<(Block, &'s AtomicU64)> {
-    let b = heap
-        .block_at(off)
-        .filter(|b| b.class == class && b.start == off)?;
-    heap.meta_word(b).map(|m| (b, m))
-}
-
 /// Pops a block of class `class` from `head`. The flag says whether a CAS
 /// race was lost on the way (the caller then moves to another shard).
 #[inline]
-pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop, bool) {
+pub(crate) fn pop<'a, N: Nodes<'a>>(heap: &N, head: &N::W, class: usize) -> (Pop, bool) {
     // Acquire: pairs with the Release CAS in push_chain(), so the link
     // stored into the meta word before the push is visible.
     let mut cur = head.load(Ordering::Acquire);
@@ -102,7 +184,7 @@ pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop
         if off == 0 {
             return (Pop::Empty, contended);
         }
-        let Some((block, word)) = listed(heap, off, class) else {
+        let Some((block, word)) = heap.node(off, class) else {
             // Not a block of this list: a peer corrupted the head.
             heap.note_corruption();
             cut(head, cur);
@@ -114,15 +196,22 @@ pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop
             _ => {
                 // Either someone popped and claimed the block since we read
                 // the head (the head moved: retry), or the word is garbage.
-                let now = head.load(Ordering::Acquire);
-                if now != cur {
-                    cur = now;
-                    contended = true;
-                    continue;
+                // A plain load could still return the old head (nothing
+                // orders it after the claim we saw; loom finds that
+                // interleaving), so ask with a read-modify-write, which
+                // reads the latest value.
+                match head.compare_exchange(cur, cur, Ordering::Acquire, Ordering::Acquire) {
+                    Err(now) => {
+                        cur = now;
+                        contended = true;
+                        continue;
+                    }
+                    Ok(_) => {
+                        heap.note_corruption();
+                        cut(head, cur);
+                        return (Pop::Empty, true);
+                    }
                 }
-                heap.note_corruption();
-                cut(head, cur);
-                return (Pop::Empty, true);
             }
         };
         let new = pack(tag(cur).wrapping_add(1), next);
@@ -150,7 +239,7 @@ pub(crate) fn pop(heap: &SharedHeap<'_>, head: &AtomicU64, class: usize) -> (Pop
 /// words; `last_word`, the word of the block at `last`, is linked here)
 /// onto `head`. Returns whether a CAS race was lost.
 #[inline]
-pub(crate) fn push_chain(head: &AtomicU64, first: u64, last: u64, last_word: &AtomicU64) -> bool {
+pub(crate) fn push_chain<W: Word>(head: &W, first: u64, last: u64, last_word: &W) -> bool {
     let mut cur = head.load(Ordering::Relaxed);
     let mut contended = false;
     loop {
@@ -171,7 +260,7 @@ pub(crate) fn push_chain(head: &AtomicU64, first: u64, last: u64, last_word: &At
 /// Empties a list whose head (`installed`, the value a pop installed or
 /// saw) leads to garbage: the rest of the list is leaked rather than
 /// followed. A no-op if the head has moved on.
-pub(crate) fn cut(head: &AtomicU64, installed: u64) {
+pub(crate) fn cut<W: Word>(head: &W, installed: u64) {
     let _ = head.compare_exchange(
         installed,
         pack(tag(installed).wrapping_add(1), 0),
@@ -238,5 +327,167 @@ mod tests {
         assert!(matches!(pop(&heap, &head, c).0, Pop::Block { block, .. } if block.start == a));
         assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
         assert_eq!(tag(head.load(Ordering::Relaxed)), 4);
+    }
+}
+
+/// Model checks of the list protocol, run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p shmutils --release --lib loom`.
+///
+/// They cover, in one process, every interleaving (up to loom's bounds) of
+/// `pop`, the claim CAS of `alloc_as`, the release CAS of `unclaim` and
+/// `push_chain`, with the orderings the heap uses: that a block is never
+/// held by two threads at once (an ABA pop would do that), and that every
+/// block is back on the list at the end.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::{AtomicBool, AtomicU64 as LoomU64};
+    use loom::sync::Arc;
+
+    /// `n` blocks at offsets 64, 128, ..., with their meta words and a
+    /// flag each that says who holds it.
+    struct Model {
+        head: LoomU64,
+        words: Vec<LoomU64>,
+        held: Vec<AtomicBool>,
+    }
+
+    fn start(i: usize) -> u64 {
+        (i as u64 + 1) * 64
+    }
+
+    impl Model {
+        /// All `n` blocks on the list, in order.
+        fn new(n: usize) -> Model {
+            let words = (0..n)
+                .map(|i| {
+                    let next = if i + 1 < n { start(i + 1) } else { 0 };
+                    LoomU64::new(meta::free(start(i), next))
+                })
+                .collect();
+            Model {
+                head: LoomU64::new(pack(0, start(0))),
+                words,
+                held: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            }
+        }
+
+        /// `alloc_as` on the model: pop, claim, mark held (never twice).
+        fn alloc(&self) -> Option<usize> {
+            let Pop::Block { block, seen, .. } = pop(&self, &self.head, 0).0 else {
+                return None;
+            };
+            let i = block.index as usize;
+            self.words[i]
+                .compare_exchange(
+                    seen,
+                    meta::allocated(meta::RAW, block.start, false),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .expect("a popped block's word changed: two owners");
+            assert!(
+                !self.held[i].swap(true, Ordering::Relaxed),
+                "block {i} held twice"
+            );
+            Some(i)
+        }
+
+        /// `release` on the model: unmark, unclaim, push.
+        fn free(&self, i: usize) {
+            self.held[i].store(false, Ordering::Relaxed);
+            let w = &self.words[i];
+            let cur = w.load(Ordering::Relaxed);
+            assert!(meta::is_allocated(cur, start(i)));
+            w.compare_exchange(
+                cur,
+                meta::free(start(i), 0),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .expect("a held block's word changed");
+            push_chain(&self.head, start(i), start(i), w);
+        }
+
+        /// Walks the list: the blocks on it, each once.
+        fn listed(&self) -> Vec<usize> {
+            let mut out = Vec::new();
+            let mut off = head_offset(self.head.load(Ordering::Acquire));
+            while off != 0 {
+                let i = (off / 64 - 1) as usize;
+                assert!(!out.contains(&i), "block {i} listed twice");
+                out.push(i);
+                off = meta::free_link(self.words[i].load(Ordering::Acquire), off)
+                    .expect("a listed block is free");
+            }
+            out.sort_unstable();
+            out
+        }
+    }
+
+    impl<'a> Nodes<'a> for &'a Model {
+        type W = LoomU64;
+
+        fn node(&self, off: u64, class: usize) -> Option<(Block, &'a LoomU64)> {
+            let i = (off / 64).checked_sub(1)? as usize;
+            (class == 0 && off % 64 == 0 && i < self.words.len()).then(|| {
+                let block = Block {
+                    class: 0,
+                    start: off,
+                    span_page: 0,
+                    index: i as u64,
+                };
+                (block, &self.words[i])
+            })
+        }
+
+        fn note_corruption(&self) {
+            panic!("the model's lists are never corrupt");
+        }
+    }
+
+    #[test]
+    fn loom_two_threads_alloc_and_free_never_share_a_block() {
+        loom::model(|| {
+            let m = Arc::new(Model::new(2));
+            let t = {
+                let m = m.clone();
+                loom::thread::spawn(move || {
+                    if let Some(i) = m.alloc() {
+                        m.free(i);
+                    }
+                })
+            };
+            if let Some(i) = m.alloc() {
+                m.free(i);
+            }
+            t.join().unwrap();
+            assert_eq!(m.listed(), vec![0, 1]);
+        });
+    }
+
+    #[test]
+    fn loom_the_aba_tag_stops_a_stale_pop() {
+        // One thread pops while the other pops two blocks and pushes them
+        // back in another order: the first pop's view of the head is then
+        // stale (same block at the top, another next), the ABA case.
+        loom::model(|| {
+            let m = Arc::new(Model::new(3));
+            let t = {
+                let m = m.clone();
+                loom::thread::spawn(move || {
+                    let a = m.alloc();
+                    let b = m.alloc();
+                    for i in a.into_iter().chain(b) {
+                        m.free(i);
+                    }
+                })
+            };
+            if let Some(i) = m.alloc() {
+                m.free(i);
+            }
+            t.join().unwrap();
+            assert_eq!(m.listed(), vec![0, 1, 2]);
+        });
     }
 }
