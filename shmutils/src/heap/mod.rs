@@ -1026,7 +1026,7 @@ impl<'s> SharedHeap<'s> {
     /// process already knows; `None` for anything else.
     #[inline(always)]
     fn fast_typed(&self, off: u64, bytes: u64, key: &TypeKey) -> Option<*mut u8> {
-        if off & (key.align - 1) != 0 {
+        if (self.raw(off) as u64) & (key.align - 1) != 0 {
             return None;
         }
         let b = self.block_at(off)?;
