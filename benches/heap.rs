@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use shmutils::{RelPtr, Segment, SharedHeap};
+use shmutils::{RelPtr, Segment, SharedHeap, SharedStruct};
 
 const SMALL_PAIRS: u64 = 10_000_000;
 const BATCH: usize = 1_000_000;
@@ -248,6 +248,101 @@ fn relptr_resolve(heap: SharedHeap<'_>) -> (f64, f64) {
     (ours, raw)
 }
 
+/// A linked list node in the heap.
+#[derive(SharedStruct)]
+#[repr(C)]
+struct Node {
+    next: RelPtr<Node>,
+    value: u64,
+}
+
+/// The same node with a raw pointer, in process memory.
+struct RawNode {
+    next: *const RawNode,
+    value: u64,
+}
+
+const LIST_NODES: usize = 100_000;
+
+/// ns per hop walking a list of `LIST_NODES` nodes linked in a shuffled
+/// order (each hop a dependent load, as in any pointer chase): through
+/// `heap.get` (type-checked) against raw pointers.
+fn list_walk(heap: SharedHeap<'_>) -> (f64, f64) {
+    let mut order: Vec<usize> = (0..LIST_NODES).collect();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..order.len()).rev() {
+        order.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
+    }
+    // Shared list: nodes allocated in index order, linked in shuffled
+    // order (node order[k] -> order[k + 1]) while still private, then
+    // published.
+    let mut boxes: Vec<_> = (0..LIST_NODES)
+        .map(|i| {
+            heap.new_box(Node {
+                next: RelPtr::null(),
+                value: i as u64,
+            })
+            .unwrap()
+        })
+        .collect();
+    let ptrs: Vec<RelPtr<Node>> = boxes.iter().map(|b| b.rel()).collect();
+    for k in 0..LIST_NODES - 1 {
+        boxes[order[k]].next = ptrs[order[k + 1]];
+    }
+    let nodes: Vec<RelPtr<Node>> = boxes.into_iter().map(|b| b.into_rel()).collect();
+    let head = nodes[order[0]];
+    // Raw list, same shape.
+    let mut raw: Vec<RawNode> = (0..LIST_NODES)
+        .map(|i| RawNode {
+            next: std::ptr::null(),
+            value: i as u64,
+        })
+        .collect();
+    let base = raw.as_mut_ptr();
+    for k in 0..LIST_NODES - 1 {
+        // SAFETY: both indices are in the vector, which is not resized.
+        unsafe { (*base.add(order[k])).next = base.add(order[k + 1]) };
+    }
+    let raw_head = base.wrapping_add(order[0]) as *const RawNode;
+    let rounds = 20;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..rounds {
+        let mut p = head;
+        while let Ok(n) = heap.get(black_box(p)) {
+            sum = sum.wrapping_add(n.value);
+            p = n.next;
+        }
+    }
+    black_box(sum);
+    let ours = ns_per(t.elapsed(), (rounds * LIST_NODES) as u64);
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..rounds {
+        let mut p = raw_head;
+        while !p.is_null() {
+            // SAFETY: p walks the live vector's nodes, ending at null.
+            let n = unsafe { &*black_box(p) };
+            sum = sum.wrapping_add(n.value);
+            p = n.next;
+        }
+    }
+    black_box(sum);
+    let raw_ns = ns_per(t.elapsed(), (rounds * LIST_NODES) as u64);
+    let mut hops = 0;
+    let mut p = head;
+    while let Ok(n) = heap.get(p) {
+        hops += 1;
+        p = n.next;
+    }
+    assert_eq!(hops, LIST_NODES, "the shared list is whole");
+    for p in nodes {
+        // SAFETY: every reference made above is dead.
+        unsafe { heap.delete(p) }.unwrap();
+    }
+    (ours, raw_ns)
+}
+
 fn main() {
     let seg = Segment::anonymous(1 << 30).expect("a 1 GiB anonymous segment");
     let heap = seg.heap();
@@ -354,6 +449,16 @@ fn main() {
         peer: format!("raw deref {raw:.2} ns"),
         ratio: format!("{:.2}x", ours / raw),
         // Boost's analogue (offset_ptr) is not measured.
+        boost: "-".to_owned(),
+        vs_boost: "-".to_owned(),
+    });
+
+    let (ours, raw) = list_walk(heap);
+    rows.push(Row {
+        name: "list_walk (100k shuffled nodes, per hop)",
+        ours: format!("{ours:.2} ns"),
+        peer: format!("raw pointers {raw:.2} ns"),
+        ratio: format!("{:.2}x", ours / raw),
         boost: "-".to_owned(),
         vs_boost: "-".to_owned(),
     });
