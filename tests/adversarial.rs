@@ -1,7 +1,13 @@
 //! DESIGN.md rules 2 and 3 under fire: a deterministic fuzz that scribbles
 //! over a real segment (headers, free-list heads, directory, type table,
 //! page map, span words, blocks' meta words, block contents) and then runs
-//! every heap and segment API on it in a forked child. A panic, abort,
+//! every heap and segment API on it in a forked child.
+//!
+//! The scribbler is a real peer of the child: the child is forked with the
+//! segment open, and waits; the parent then drops its own `Segment` (a
+//! process may not map a segment's object raw while a `Segment` of it is
+//! alive there), scribbles through a raw mapping, drops that, and lets the
+//! child go. A panic, abort,
 //! segfault or hang of the library is a non-zero exit (or a kill after a
 //! time bound), so it fails the test; so does an allocation outside the
 //! arena, one that overlaps another allocation made in the same child, and
@@ -14,6 +20,8 @@
 
 use std::alloc::Layout;
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -304,7 +312,6 @@ fn scribble(rng: &mut Rng, map: &Map, made: &Made, m: &mut MappedMemory, log: &m
 /// Writes a line to the real stderr (a forked child's `eprintln!` would go
 /// to the test harness's capture buffer, a copy that nobody reads).
 fn say(line: String) {
-    use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
@@ -627,23 +634,39 @@ fn round(index: u64) -> Result<(), String> {
     let seg = Segment::create(&name, size).unwrap();
     let made = populate(&seg, &mut rng);
     let map = Map::of(&seg);
-    let fd = ShmFd::open(&name, Mode::ReadWrite).unwrap();
-    let mut raw = MappedMemory::new(
-        None,
-        size,
-        MapProtections::READ_WRITE,
-        MapFlags::SHARED,
-        Some(&fd),
-    )
-    .unwrap();
-    let mut log = Vec::new();
-    for _ in 0..rng.in_range(1, 9) {
-        scribble(&mut rng, &map, &made, &mut raw, &mut log);
-    }
+    // The child attaches now (it inherits `seg`, validated before any
+    // scribble) and waits until the scribbling is done.
+    let (mut go, mut wait_for_go) = UnixStream::pair().unwrap();
     let child = {
         let (seg, name, made) = (&seg, name.as_str().to_owned(), made.clone());
-        fork(move || exercise(seg, &name, map, &made, seed))
+        fork(move || {
+            let mut byte = [0u8];
+            if wait_for_go.read_exact(&mut byte).is_err() {
+                return 5; // the parent gave up before scribbling
+            }
+            exercise(seg, &name, map, &made, seed)
+        })
     };
+    // From here the parent is a peer of the child, not a user of the
+    // segment: no `Segment` of the object is alive in it while it maps the
+    // object raw.
+    drop(seg);
+    let mut log = Vec::new();
+    {
+        let fd = ShmFd::open(&name, Mode::ReadWrite).unwrap();
+        let mut raw = MappedMemory::new(
+            None,
+            size,
+            MapProtections::READ_WRITE,
+            MapFlags::SHARED,
+            Some(&fd),
+        )
+        .unwrap();
+        for _ in 0..rng.in_range(1, 9) {
+            scribble(&mut rng, &map, &made, &mut raw, &mut log);
+        }
+    }
+    go.write_all(&[1]).unwrap();
     let outcome = wait_bounded(child, CHILD_LIMIT);
     let fail = |why: String| {
         Err(format!(

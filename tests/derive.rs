@@ -402,12 +402,13 @@ fn make_record(name: &ShmName) -> (ShmFd, MappedMemory) {
 #[test]
 fn derived_struct_in_a_shared_mapping_is_read_by_a_forked_child() {
     let name = ShmName::new("derive-fork");
-    let (_fd, m) = make_record(&name);
+    let (_fd, mut m) = make_record(&name);
     let path = name.to_string();
+    let inherited = &mut m;
     // The child maps the object again, by name, at an address of the
     // kernel's choosing, and checks every field through the typed view.
     let child = fork(move || {
-        let run = || -> shmutils::Result<i32> {
+        let mut run = || -> shmutils::Result<i32> {
             let fd = ShmFd::open(&path, Mode::ReadWrite)?;
             let mut m = MappedMemory::new(
                 None,
@@ -425,8 +426,17 @@ fn derived_struct_in_a_shared_mapping_is_read_by_a_forked_child() {
                 return Ok(2);
             }
             r.visits.fetch_add(10, Ordering::SeqCst);
-            // Publish a status the parent must reject.
-            m.write(128 + offset_of!(Record<u64>, status), &[77])?;
+            // Publish a status the parent must reject. The child's copy of
+            // the parent's mapping holds the record too (its references
+            // would be in the child's memory), so the write is refused
+            // until the child lets that mapping's placements go, which
+            // `&mut` to it shows is sound.
+            let status = 128 + offset_of!(Record<u64>, status);
+            if !matches!(m.write(status, &[77]), Err(Error::Aliased { .. })) {
+                return Ok(4);
+            }
+            inherited.clear_placements(0..4096);
+            m.write(status, &[77])?;
             Ok(0)
         };
         run().unwrap_or(3)

@@ -10,7 +10,9 @@ use shmutils_workspace::{fork, Child, ShmName};
 
 const SIZE: usize = 1 << 20;
 
-/// Writes `bytes` at `offset` of the named object through a plain mapping.
+/// Writes `bytes` at `offset` of the named object through a plain mapping,
+/// as a peer would: no `Segment` of the object may be alive in this
+/// process meanwhile (`Error::InUseBySegment`).
 fn scribble(name: &str, offset: usize, bytes: &[u8]) {
     let fd = ShmFd::open(name, Mode::ReadWrite).unwrap();
     let mut m = MappedMemory::new(
@@ -115,7 +117,8 @@ fn a_foreign_object_is_not_a_segment() {
 #[test]
 fn a_header_overwritten_with_random_bytes_is_refused() {
     let name = ShmName::new("random");
-    let _seg = Segment::create(&name, SIZE).unwrap();
+    // Created, then closed: this process scribbles as a peer.
+    drop(Segment::create(&name, SIZE).unwrap());
     let mut noise = [0u8; 64];
     let mut x = 0x1234_5678_9abc_def0u64 ^ u64::from(std::process::id());
     for b in &mut noise {
@@ -134,7 +137,8 @@ fn a_header_overwritten_with_random_bytes_is_refused() {
 #[test]
 fn header_fields_are_validated_one_by_one() {
     let name = ShmName::new("fields");
-    let seg = Segment::create(&name, SIZE).unwrap();
+    // Created, then closed: this process scribbles as a peer.
+    let id = Segment::create(&name, SIZE).unwrap().id();
     let fresh = || {
         let fd = ShmFd::open(&name, Mode::ReadWrite).unwrap();
         let m = MappedMemory::new(
@@ -190,7 +194,7 @@ fn header_fields_are_validated_one_by_one() {
         other => panic!("{other:?}"),
     }
     restore();
-    assert_eq!(Segment::open(&name).unwrap().id(), seg.id());
+    assert_eq!(Segment::open(&name).unwrap().id(), id);
 }
 
 #[test]

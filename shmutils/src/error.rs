@@ -196,6 +196,33 @@ pub enum Error {
         /// The type recorded in the segment.
         found: String,
     },
+    /// Bytes of a raw mapping cannot be changed through it (`write`,
+    /// `init`) because another mapping of the same object in this process
+    /// placed a typed value on them, whose references may be alive.
+    Aliased {
+        /// The bytes, e.g. `bytes 0..8 of shared memory "/users"`.
+        object: String,
+        /// The value placed there: type, bytes, and that another mapping
+        /// holds it.
+        found: String,
+    },
+    /// A raw [`MappedMemory`](crate::MappedMemory) of a shared memory
+    /// object was refused because a live [`Segment`](crate::Segment) of
+    /// this process maps it: the segment's references could change under
+    /// the raw mapping's writes, or race its byte copies.
+    InUseBySegment {
+        /// The shared memory name.
+        name: String,
+    },
+    /// A [`Segment`](crate::Segment) of a shared memory object was refused
+    /// because live raw [`MappedMemory`](crate::MappedMemory) values of
+    /// this process map it.
+    InUseByRawMapping {
+        /// The shared memory name.
+        name: String,
+        /// How many raw mappings of it are alive.
+        mappings: usize,
+    },
     /// Every entry of the segment's type table is taken: the segment holds
     /// values of too many different types.
     TypeTableFull {
@@ -354,6 +381,25 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{object} has the wrong type: expected {expected}, found {found}"
+            ),
+            Error::Aliased { object, found } => write!(
+                f,
+                "{object} cannot be changed through this mapping: expected no typed value \
+                 placed on them through another mapping of the object in this process, \
+                 found {found} (its references may be alive; drop that mapping or clear \
+                 its placements first)"
+            ),
+            Error::InUseBySegment { name } => write!(
+                f,
+                "cannot map shared memory {name:?} raw: expected no Segment of it open in \
+                 this process, found one; change the segment's values through its heap \
+                 (Segment::heap), or map it raw from another process"
+            ),
+            Error::InUseByRawMapping { name, mappings } => write!(
+                f,
+                "cannot open shared memory {name:?} as a Segment: expected no raw \
+                 MappedMemory of it in this process, found {mappings}; drop them first \
+                 (a raw write could change bytes under the segment's references)"
             ),
             Error::TypeTableFull { capacity } => write!(
                 f,

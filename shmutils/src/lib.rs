@@ -39,7 +39,7 @@
 //! | `sys` (private) | every `libc` call, errno turned into `io::Error` |
 //! | [`shm`] | [`ShmFd`]: named POSIX shared memory, modes, permissions |
 //! | [`shared`] | the [`Shared`] trait, layout fingerprints, [`Checked`] |
-//! | [`mmap`] | [`MappedMemory`] (relative; typed placement checked per mapping) and [`AbsoluteMemory`] (fixed address) |
+//! | [`mmap`] | [`MappedMemory`] (relative; typed placement checked per object, across this process's mappings of it) and [`AbsoluteMemory`] (fixed address) |
 //! | [`lock`] | [`Lock`], [`RLock`], [`Condvar`], raw lock words; owner-death recovery |
 //! | [`ptr`] | [`RelPtr`], [`RelSlice`]: segment-relative, checked pointers |
 //! | [`heap`] | [`SharedHeap`]: the lock-free allocator in a segment; named objects |

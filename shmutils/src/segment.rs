@@ -88,7 +88,12 @@ const _: () = assert!(std::mem::size_of::<SegmentHeader>() as u64 == HEADER_BYTE
 ///
 /// In one process, safe code is sound whatever the segment holds: typed
 /// reads check each block's type, freeing is `unsafe` (or done by a
-/// [`SharedBox`](crate::SharedBox)), and forging pointers is `unsafe`.
+/// [`SharedBox`](crate::SharedBox)), forging pointers is `unsafe`, and no
+/// raw [`MappedMemory`] of the segment's object exists in the process
+/// while a `Segment` of it does (either is refused while the other lives:
+/// [`Error::InUseBySegment`], [`Error::InUseByRawMapping`]), so nothing in
+/// this process writes under the heap's references. Opening one segment
+/// several times is fine.
 #[derive(Debug)]
 pub struct Segment {
     map: MappedMemory,
@@ -135,8 +140,10 @@ impl Segment {
     /// segment whose creator has not finished: use
     /// [`open_or_create`](Self::open_or_create) to wait);
     /// [`Error::UnsupportedVersion`]; [`Error::CorruptHeader`] or
-    /// [`Error::HeapCorrupt`] for impossible header fields. Nothing is mapped
-    /// past the end of the object: its size is read first.
+    /// [`Error::HeapCorrupt`] for impossible header fields;
+    /// [`Error::InUseByRawMapping`] while a raw [`MappedMemory`] of the
+    /// object is alive in this process. Nothing is mapped past the end of
+    /// the object: its size is read first.
     pub fn open(name: &str) -> Result<Segment> {
         let fd = ShmFd::open(name, Mode::ReadWrite)?;
         let size = fd.size()?;
@@ -228,13 +235,7 @@ impl Segment {
         let len = usize::try_from(size).map_err(|_| Error::InvalidArgument {
             what: format!("a segment of {size} bytes does not fit the address space"),
         })?;
-        MappedMemory::new(
-            None,
-            len,
-            MapProtections::READ_WRITE,
-            MapFlags::SHARED,
-            Some(fd),
-        )
+        MappedMemory::for_segment(len, fd)
     }
 
     /// Sizes, maps and initializes a segment this process just created;

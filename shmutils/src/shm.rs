@@ -336,7 +336,8 @@ impl ShmFd {
         shm_unlink(&self.name)
     }
 
-    fn stat(&self) -> Result<sys::FileStat> {
+    /// `fstat` of the object: its size, permissions, owner and identity.
+    pub(crate) fn stat(&self) -> Result<sys::FileStat> {
         sys::fstat(self.fd.as_fd())
             .map_err(|e| Error::io(format!("fstat of shared memory {:?}", self.name), e))
     }

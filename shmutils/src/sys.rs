@@ -48,6 +48,11 @@ pub(crate) struct FileStat {
     pub(crate) size: u64,
     pub(crate) mode: u32,
     pub(crate) uid: u32,
+    /// The device holding the object (`st_dev`); with `ino`, the object's
+    /// identity, the same through every descriptor and name of it.
+    pub(crate) dev: u64,
+    /// The object's inode number (`st_ino`).
+    pub(crate) ino: u64,
 }
 
 /// `fstat(2)`.
@@ -61,6 +66,13 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
         size: u64::try_from(st.st_size).unwrap_or(0),
         mode: st.st_mode,
         uid: st.st_uid,
+        // Lossless widenings on the 64-bit Linux targets (both are u64
+        // there); `as` keeps this compiling where libc declares them
+        // narrower.
+        #[allow(clippy::unnecessary_cast)]
+        dev: st.st_dev as u64,
+        #[allow(clippy::unnecessary_cast)]
+        ino: st.st_ino as u64,
     })
 }
 

@@ -5,7 +5,10 @@
 //! unmapping, [`detach`](MappedMemory::detach), protections, page size) and
 //! its checked byte copies; `typed.rs` places [`Shared`](crate::Shared)
 //! values ([`MappedMemory::init`], [`MappedMemory::get`]); `placements.rs`
-//! is the table that keeps those references sound, and survives `fork`;
+//! is the table that keeps those references sound; `registry.rs` is the
+//! process's registry of mapped objects, which gives every mapping of one
+//! object the same table and keeps raw mappings and segments apart;
+//! `forksafe.rs` is the lock both live behind, which survives `fork`;
 //! `absolute.rs` is [`AbsoluteMemory`].
 //!
 //! # Relative and absolute
@@ -34,12 +37,15 @@
 //! whose mutation through `&T` goes through atomics or locks. Rust also
 //! requires that while a `&T` lives its bytes (outside `UnsafeCell`) change
 //! through no other path of the process, and that no non-atomic access
-//! races an atomic one. Each mapping therefore keeps a **placement table**,
-//! in process memory, of the values it placed:
+//! races an atomic one. A **placement table**, in process memory, therefore
+//! records the values placed in the mapping (shared by every mapping of the
+//! same object: [below](#one-object-mapped-twice)):
 //!
 //! - `init::<T>(&mut self, offset, value)` writes `value` and records "a
 //!   `T` at `offset`", replacing every placement it overlaps: with `&mut
-//!   self` no reference into the mapping is alive, so bytes may change type.
+//!   self` no reference into the mapping is alive, so bytes may change type
+//!   (unless another mapping of the object holds one of those placements:
+//!   [below](#one-object-mapped-twice)).
 //! - `get::<T>(&self, offset)` succeeds when a `T` is placed at exactly
 //!   `offset` (the same reference again), or when nothing placed overlaps
 //!   `offset..offset + size_of::<T>()`: the first typed view claims the
@@ -48,11 +54,11 @@
 //!   opened the object by name gets the lock its creator placed, and no
 //!   process gets a `&u64` and a `&AtomicU64` over the same bytes.
 //! - Placements outlive the references: the bytes stay a `T` until `init`
-//!   places something else or [`MappedMemory::clear_placements`] forgets
-//!   them (both `&mut self`).
+//!   places something else, [`MappedMemory::clear_placements`] forgets
+//!   them (both `&mut self`), or the mapping is dropped.
 //! - [`write`](MappedMemory::write), and every other method that may change
 //!   bytes, takes `&mut self`: the borrow checker refuses it while a `&T`
-//!   from `get`/`init` lives.
+//!   from this mapping's `get`/`init` lives.
 //! - Byte copies out ([`read`](MappedMemory::read), [`at`](MappedMemory::at),
 //!   [`absolute_at`](AbsoluteMemory::absolute_at), and the unsafe
 //!   [`bytes`](MappedMemory::bytes)) refuse every placed range with an
@@ -60,30 +66,79 @@
 //!   type with interior mutability (an atomic, a lock) from one without,
 //!   and a non-atomic copy racing an atomic store is a data race.
 //!
-//! The table belongs to one mapping in one process. A `fork`ed child
-//! inherits it with the rest of the parent's memory (the parent's
-//! references are in the child's memory too), consistent even if another
-//! thread was using it at the moment of the fork. A process that maps the
-//! object by name, and a mapping rebuilt with
-//! [`from_raw_parts`](MappedMemory::from_raw_parts), start with an empty
-//! table. What the table cannot see is a writer outside this mapping:
-//! another process, or a second `MappedMemory` of the same object in this
-//! process. Those are peers, trusted to change shared values only through
-//! atomics and locks (DESIGN.md rule 4); one that does otherwise can make
-//! this process read wrong values.
+//! # One object mapped twice
+//! A process may map one shared memory object several times (two
+//! [`MappedMemory`] of one name, an [`AbsoluteMemory`] beside a relative
+//! mapping, a [`Segment`](crate::Segment) opened twice). Those mappings are
+//! not peers: a write through one changes the bytes under a `&T` from the
+//! other, and the borrow checker sees two unrelated values. A process-wide
+//! **registry** of mapped objects, keyed by the object's identity (device
+//! and inode from `fstat`, so any name or descriptor of the object counts),
+//! closes that path:
+//!
+//! - **Every raw mapping of an object in this process shares one placement
+//!   table.** Placements are by offset in the object (a mapping always
+//!   maps its object from offset 0), so `get`, `init` and the byte copies
+//!   of one mapping see what the others placed: `m2.get::<AtomicU64>(0)`
+//!   beside `m1.get::<u64>(0)` is [`Error::TypeMismatch`], and so is
+//!   `m2.at(0..8)`; the same type at the same offset is the same value
+//!   again. Each placement remembers which mappings handed out references
+//!   to it; `&mut` to one mapping says nothing about another's references,
+//!   so `write` or `init` through a mapping over bytes that another
+//!   mapping holds a value on is [`Error::Aliased`]. A mapping lets its
+//!   placements go when it is dropped or detached, or with
+//!   [`clear_placements`](MappedMemory::clear_placements); a placement no
+//!   mapping holds is forgotten. Private (`MapFlags::PRIVATE`) mappings of
+//!   the object share the table too: until a page is copied on write they
+//!   see the object's bytes.
+//! - **Raw mappings and segments of one object never coexist in a
+//!   process.** A segment's heap hands out `&T` into blocks the raw table
+//!   knows nothing about, so [`MappedMemory::new`] (and
+//!   [`AbsoluteMemory`]) of an object that a live `Segment` of this
+//!   process maps is [`Error::InUseBySegment`], whatever the protection (a
+//!   read-only mapping's byte copies would race the heap's atomic stores),
+//!   and `Segment::open` / `open_or_create` of an object live raw mappings
+//!   of this process map is [`Error::InUseByRawMapping`]. Change a
+//!   segment's values through its heap; scribble on it raw from another
+//!   process. Two segments of one object are fine: the heap writes only
+//!   blocks private to the writer and reads typed blocks.
+//! - An entry leaves the registry with the last mapping or segment of its
+//!   object in the process (dropped, or [`detach`](MappedMemory::detach)ed),
+//!   so a later mapping starts with an empty table. Anonymous mappings are
+//!   in no entry: nothing else can map them in this process, and each keeps
+//!   a table of its own, as does a mapping rebuilt with
+//!   [`from_raw_parts`](MappedMemory::from_raw_parts) (whose contract makes
+//!   the caller responsible for other mappings of its object).
+//!
+//! The table and the registry are process memory. A `fork`ed child
+//! inherits both with the rest of the parent's memory (the parent's
+//! mappings, segments and references are in the child's memory too), in a
+//! consistent state even if another thread was changing them at the
+//! moment of the fork: a child of a process with a live `Segment` cannot
+//! map its object raw either, and a mapping the child makes by name shares
+//! the inherited table (to write bytes an inherited mapping holds a value
+//! on, the child clears that mapping's placements first). A spawned
+//! process starts with an empty registry. What the registry cannot see is
+//! a writer in another process: a peer, trusted to change shared values
+//! only through atomics and locks (DESIGN.md rule 4); one that does
+//! otherwise can make this process read wrong values.
 
 mod absolute;
+mod forksafe;
 mod placements;
+mod registry;
 mod typed;
 
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use bitflags::bitflags;
 
 pub use absolute::AbsoluteMemory;
-use placements::Placements;
+use placements::{Claim, Placements};
+use registry::{ObjectId, Registration, Role};
 
 use crate::error::{Error, Result};
 use crate::shm::ShmFd;
@@ -180,9 +235,16 @@ pub unsafe fn munmap(addr: usize, len: usize) -> Result<()> {
 /// ```
 #[derive(Debug)]
 pub struct MappedMemory {
+    // Fields drop in order: unmapped first, then this mapping's
+    // placements are released, then it leaves the registry.
     region: Region,
-    /// What `init`/`get` placed where, in this process (typed.rs).
-    placements: Placements,
+    /// This mapping's share of the placement table of its object (or of
+    /// its own table, for anonymous memory): what `init`/`get` placed
+    /// where, in this process (typed.rs, placements.rs).
+    claim: Claim,
+    /// The mapping's entry in the process's registry of mapped objects;
+    /// `None` for anonymous memory and `from_raw_parts`.
+    registration: Option<Registration>,
 }
 
 /// The mapped pages themselves: unmapped when dropped.
@@ -215,10 +277,12 @@ impl Drop for Region {
 pub type RelativeMemory = MappedMemory;
 
 impl MappedMemory {
-    fn from_region(ptr: NonNull<u8>, len: usize, prot: MapProtections) -> MappedMemory {
+    /// A mapping with a placement table of its own, in no registry entry.
+    fn unregistered(ptr: NonNull<u8>, len: usize, prot: MapProtections) -> MappedMemory {
         MappedMemory {
             region: Region { ptr, len, prot },
-            placements: Placements::new(),
+            claim: Claim::new(Arc::new(Placements::new(None))),
+            registration: None,
         }
     }
 }
@@ -244,6 +308,35 @@ impl MappedMemory {
         flags: MapFlags,
         fd: Option<&ShmFd>,
     ) -> Result<MappedMemory> {
+        MappedMemory::map(addr_hint, len, prot, flags, fd, Role::Raw)
+    }
+
+    /// Maps all `len` bytes of `fd` read-write and shared, as a
+    /// [`Segment`](crate::Segment)'s mapping: the registry lets it beside
+    /// other segments of the object, never beside raw mappings.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`Error::InUseByRawMapping`] instead of
+    /// [`Error::InUseBySegment`].
+    pub(crate) fn for_segment(len: usize, fd: &ShmFd) -> Result<MappedMemory> {
+        MappedMemory::map(
+            None,
+            len,
+            MapProtections::READ_WRITE,
+            MapFlags::SHARED,
+            Some(fd),
+            Role::Segment,
+        )
+    }
+
+    fn map(
+        addr_hint: Option<usize>,
+        len: usize,
+        prot: MapProtections,
+        flags: MapFlags,
+        fd: Option<&ShmFd>,
+        role: Role,
+    ) -> Result<MappedMemory> {
         let invalid = |what: &str| {
             Err(Error::InvalidArgument {
                 what: what.to_owned(),
@@ -265,6 +358,7 @@ impl MappedMemory {
         }
         let mut flags = flags;
         let mut what = String::from("anonymous memory");
+        let mut registered = None;
         if let Some(fd) = fd {
             if flags.contains(MapFlags::ANONYMOUS) {
                 return invalid("MapFlags::ANONYMOUS cannot map a shared memory descriptor");
@@ -275,14 +369,17 @@ impl MappedMemory {
             {
                 return Err(Error::ReadOnly);
             }
-            let size = fd.size()?;
-            if len as u64 > size {
+            let stat = fd.stat()?;
+            if len as u64 > stat.size {
                 return Err(Error::PastEnd {
                     name: fd.name().to_owned(),
                     requested: len as u64,
-                    size,
+                    size: stat.size,
                 });
             }
+            // Before mapping: a refused mapping is never made. Dropped (and
+            // so undone) if the mmap below fails.
+            registered = Some(registry::register(fd.name(), ObjectId::of(&stat), role)?);
             what = format!("shared memory {:?}", fd.name());
         } else {
             flags |= MapFlags::ANONYMOUS;
@@ -311,7 +408,14 @@ impl MappedMemory {
         let ptr = NonNull::new(p).ok_or_else(|| Error::InvalidArgument {
             what: "the kernel mapped address 0".to_owned(),
         })?;
-        let m = MappedMemory::from_region(ptr, len, prot);
+        let m = match registered {
+            Some((registration, table)) => MappedMemory {
+                region: Region { ptr, len, prot },
+                claim: Claim::new(table),
+                registration: Some(registration),
+            },
+            None => MappedMemory::unregistered(ptr, len, prot),
+        };
         if fixed && p as usize != addr {
             // Kernels before 4.17 treat FIXED_NOREPLACE as a hint; `m` unmaps
             // the misplaced mapping on drop.
@@ -321,18 +425,24 @@ impl MappedMemory {
     }
 
     /// Takes ownership of a mapping, e.g. one given up with
-    /// [`detach`](Self::detach). It starts with an empty placement table.
+    /// [`detach`](Self::detach). It starts with an empty placement table of
+    /// its own, and is in no entry of the process's registry of mapped
+    /// objects: the library does not know which object it maps.
     ///
     /// # Safety
     /// `addr..addr + len` must be a live mapping with protection `prot`
     /// that nothing else owns or unmaps, and `addr` must not be 0. No
     /// reference into it made before (by an earlier owner, or through the
     /// address) may be used while the new owner lives: its table does not
-    /// know them.
+    /// know them. If it maps a shared memory object that this process also
+    /// maps otherwise (another `MappedMemory`, a `Segment`, now or later
+    /// while the new owner lives), the caller takes over the registry's
+    /// job: no typed reference or byte copy through one of them may cover
+    /// bytes that the other writes or places a value of another type on.
     pub unsafe fn from_raw_parts(addr: usize, len: usize, prot: MapProtections) -> MappedMemory {
         // SAFETY: the caller guarantees a non-null live mapping.
         let ptr = unsafe { NonNull::new_unchecked(addr as *mut u8) };
-        MappedMemory::from_region(ptr, len, prot)
+        MappedMemory::unregistered(ptr, len, prot)
     }
 
     /// Length of the mapping in bytes.
@@ -427,16 +537,19 @@ impl MappedMemory {
         self.check_readable()?;
         self.check_range(offset, buf.len())?;
         let range = offset..offset + buf.len();
-        // Held during the copy, so no `get` can place a value on these
-        // bytes (and store through it) until the copy is done.
-        let table = self.placements.lock();
+        // Held during the copy, so no `get`, `init` or `write` through any
+        // mapping of the object can place a value on these bytes or write
+        // them until the copy is done.
+        let table = self.claim.lock();
         table.check_untyped(&range)?;
         // SAFETY: the range is inside the live, readable mapping and `buf`
         // is a distinct Rust buffer. In this process nothing writes these
-        // bytes during the copy: `write`/`init` need `&mut self`, and no
-        // typed reference covers them (checked under the table lock, held
-        // until the copy ends). A peer writing concurrently can only make
-        // the copy a mix of old and new bytes (module docs).
+        // bytes during the copy: no typed reference covers them, and every
+        // write and `init` through any raw mapping of the object takes the
+        // same table lock, held here until the copy ends; no `Segment` of
+        // the object exists beside a raw mapping (registry). A peer
+        // writing concurrently can only make the copy a mix of old and new
+        // bytes (module docs).
         unsafe {
             std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
         };
@@ -458,24 +571,36 @@ impl MappedMemory {
 
     /// Copies `bytes` into the mapping at `offset`.
     ///
-    /// `&mut self`: no reference from [`get`](Self::get) or
+    /// `&mut self`: no reference from this mapping's [`get`](Self::get) or
     /// [`init`](Self::init) may live across a write, since the write may
     /// change its bytes. Placements stay: writing bytes into a placed value
-    /// (a lock word, a field) does not change its type.
+    /// (a lock word, a field) does not change its type. Bytes that
+    /// another mapping of the same object in this process placed a value
+    /// on are refused: its references may be alive
+    /// ([module docs](self#one-object-mapped-twice)).
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; [`Error::ReadOnly`] if the mapping is not
-    /// read-write.
+    /// read-write; [`Error::Aliased`] if another mapping of the object in
+    /// this process holds a typed value on any of the bytes.
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<()> {
         self.check_writable()?;
         self.check_range(offset, bytes.len())?;
-        // SAFETY: the range is inside the live, writable mapping. `&mut
-        // self` shows that no reference from `get`/`init` (and no slice
-        // from `bytes`) is alive in this process, and no other thread is
-        // copying out of the mapping.
+        // Held during the copy, so no other mapping of the object places a
+        // value on these bytes, or copies them out, until it is done.
+        let table = self.claim.lock();
+        table.check_unshared(self.claim.id(), &(offset..offset + bytes.len()))?;
+        // SAFETY: the range is inside the live, writable mapping. No
+        // reference into these bytes is alive in this process: `&mut self`
+        // shows that none from this mapping's `get`/`init` (and no slice
+        // from `bytes`) is; the table, locked until the copy ends, shows
+        // that no other raw mapping of the object holds a value on them
+        // and lets none place one meanwhile; and no `Segment` of the
+        // object exists beside a raw mapping (registry).
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.as_ptr().add(offset), bytes.len())
         };
+        drop(table);
         Ok(())
     }
 
@@ -483,10 +608,12 @@ impl MappedMemory {
     ///
     /// # Safety
     /// While the slice lives, nothing may write those bytes: no other
-    /// process or other mapping of the object, and in this process no
-    /// value placed on them with [`get`](Self::get) after this call (a
-    /// `&T` may store through atomics). `write` and `init` take `&mut self`
-    /// and are ruled out by the borrow.
+    /// process or other mapping of the object (in this process, another
+    /// mapping's `write` and `init` are not checked against this slice),
+    /// and no value placed on them with [`get`](Self::get) after this call,
+    /// through this mapping or another of the object (a `&T` may store
+    /// through atomics). This mapping's `write` and `init` take `&mut
+    /// self` and are ruled out by the borrow.
     ///
     /// # Errors
     /// As [`at`](Self::at), including [`Error::TypeMismatch`] when a typed
@@ -494,7 +621,7 @@ impl MappedMemory {
     pub unsafe fn bytes(&self, range: Range<usize>) -> Result<&[u8]> {
         self.check_readable()?;
         let range = self.checked_range(range)?;
-        self.placements.lock().check_untyped(&range)?;
+        self.claim.lock().check_untyped(&range)?;
         // SAFETY: in bounds of the live mapping, which the slice borrows;
         // u8 is valid for any byte; no typed reference covers the range
         // now, and the caller rules out writes while the slice lives.
@@ -557,11 +684,19 @@ impl MappedMemory {
     /// Gives up ownership: the mapping stays mapped and the caller must
     /// eventually [`munmap`] it (or rebuild it with
     /// [`from_raw_parts`](Self::from_raw_parts)). Returns `(address, len)`.
-    /// The placement table is dropped: consuming `self` ends every
-    /// reference `get` handed out.
+    /// Consuming `self` ends every reference `get` handed out, so the
+    /// mapping's placements are released, and it leaves the process's
+    /// registry of mapped objects: from now on the library no longer knows
+    /// it maps its object (see `from_raw_parts` for what that asks of the
+    /// caller).
     pub fn detach(self) -> (usize, usize) {
-        let MappedMemory { region, placements } = self;
-        drop(placements);
+        let MappedMemory {
+            region,
+            claim,
+            registration,
+        } = self;
+        drop(claim);
+        drop(registration);
         let parts = (region.ptr.as_ptr() as usize, region.len);
         std::mem::forget(region);
         parts

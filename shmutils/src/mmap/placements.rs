@@ -1,39 +1,40 @@
 //! The placement table: which typed values this process has placed in a
-//! mapping, so that [`get`](super::MappedMemory::get) never hands out two
-//! overlapping references of different types, and byte copies never touch
-//! bytes a typed reference may be storing to.
+//! shared memory object (or in an anonymous mapping), and through which of
+//! its mappings, so that [`get`](super::MappedMemory::get) never hands out
+//! two overlapping references of different types, byte copies never touch
+//! bytes a typed reference may be storing to, and no mapping writes bytes
+//! that a reference handed out by another mapping covers.
 //!
-//! The table is process memory, guarded by a small futex lock of its own.
-//! Two things make it survive `fork`:
+//! Every mapping of one object in this process shares one table (the
+//! registry, `registry.rs`, hands it out), so placements are by offset in
+//! the object: a mapping always maps its object from offset 0. An
+//! anonymous mapping, or one rebuilt with `from_raw_parts`, has a table of
+//! its own.
 //!
-//! - **The lock word holds the holder's process id.** A child forked while
-//!   another thread of the parent held the lock inherits a word naming the
-//!   parent; that thread does not exist in the child, so the first locker
-//!   there takes the word over instead of waiting forever.
-//! - **The table is kept twice.** A change is made to the inactive copy,
-//!   the copies are swapped with one atomic store, then the change is made
-//!   to the other copy. A child forked in the middle therefore always has
-//!   one complete copy, the active one; on take-over it discards the other
-//!   (leaking it: it may be half-changed, so it is never touched again) and
-//!   rebuilds it from the active one. An unfinished `get` in the parent
-//!   handed out no reference in the child, so losing or keeping its entry
-//!   is equally sound.
+//! Each placement records its **holders**: the mappings that handed out a
+//! reference to it (`get` or `init`). References borrow the mapping that
+//! made them, so `&mut` to a mapping shows that none of *its* references
+//! is alive, and nothing about the others'. Hence:
 //!
-//! This relies on the child's memory being a snapshot in which the parent's
-//! stores appear in their Release order: `fork` copies the address space
-//! after the kernel has stopped the other CPUs' use of the old mappings
-//! (TLB shootdown), which drains their store buffers first.
+//! - a write or an `init` through mapping X over placed bytes is allowed
+//!   only when X is their only holder, and is [`Error::Aliased`] otherwise;
+//! - `clear_placements` through X, and dropping (or detaching) X, removes X
+//!   from the holders of what it covers; a placement with no holder left is
+//!   forgotten.
+//!
+//! The table lives in process memory behind a [`ForkSafe`] lock, so a
+//! `fork`ed child inherits it (with the parent's references) in a usable
+//! state.
 
 use std::any::TypeId;
-use std::cell::UnsafeCell;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::forksafe::{self, ForkSafe};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
-use crate::sys;
 
 /// A typed value placed at some offset of a mapping.
 #[derive(Clone, Copy, Debug)]
@@ -86,215 +87,138 @@ pub(super) fn bytes_object(range: &Range<usize>) -> String {
     format!("bytes {}..{} of the mapping", range.start, range.end)
 }
 
-/// Placements by offset. They never overlap one another.
-type Map = BTreeMap<usize, Placement>;
-
-/// The lock word's waiters bit; process ids stay below it (Linux caps them
-/// at 2^22).
-const WAITERS: u32 = 1 << 31;
-const PID: u32 = !WAITERS;
-const FREE: u32 = 0;
-
-/// A mapping's placement table and its lock.
-///
-/// Lock word states:
-///
-/// | word                  | meaning                                                   |
-/// |-----------------------|-----------------------------------------------------------|
-/// | `0`                   | free                                                      |
-/// | our pid               | held by a thread of this process, nobody sleeping         |
-/// | our pid + `WAITERS`   | held; threads may sleep in `futex_wait` on the word       |
-/// | another pid (± bit)   | copied by `fork`: the holder does not exist in this process |
-///
-/// A locker that had to wait takes the word with `WAITERS` set (it cannot
-/// know whether others still sleep), so an unlock that finds the bit wakes
-/// one sleeper.
-pub(super) struct Placements {
-    word: AtomicU32,
-    /// Which of `maps` is complete (0 or 1); changed only under the lock.
-    active: AtomicUsize,
-    /// Two copies of the table, equal whenever the lock is free.
-    maps: UnsafeCell<[Map; 2]>,
+/// A placement and the mappings whose references to it may be alive.
+#[derive(Clone, Debug)]
+struct Placed {
+    what: Placement,
+    /// Ids of the mappings that handed out a reference to it; never empty
+    /// in the table, usually one.
+    holders: Vec<MappingId>,
 }
 
-// SAFETY: `maps` is only reached through a `Guard` (which holds the lock
-// word, so one thread at a time) or through `&mut Placements`; everything
-// else is atomic. Its contents are plain data (`TypeId`, `&'static str`).
-unsafe impl Sync for Placements {}
+/// Placements by offset. They never overlap one another.
+type Map = BTreeMap<usize, Placed>;
 
-impl fmt::Debug for Placements {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Not locked: Debug must not wait for a thread that is copying.
-        f.debug_struct("Placements").finish_non_exhaustive()
-    }
+/// Identifies one `MappedMemory` value among the live ones of this
+/// process (a counter, never reused).
+pub(super) type MappingId = u64;
+
+/// The placement table of one object (or anonymous mapping) in this
+/// process, shared by its mappings.
+#[derive(Debug)]
+pub(super) struct Placements {
+    table: ForkSafe<Map>,
+    /// The object's shared memory name, for error messages; `None` for
+    /// memory no other mapping can reach.
+    name: Option<String>,
 }
 
 impl Placements {
-    /// An empty table.
-    pub(super) fn new() -> Placements {
+    /// An empty table for the object `name` (`None`: a private table).
+    pub(super) fn new(name: Option<String>) -> Placements {
         Placements {
-            word: AtomicU32::new(FREE),
-            active: AtomicUsize::new(0),
-            maps: UnsafeCell::new([Map::new(), Map::new()]),
+            table: ForkSafe::new(Map::new(), Map::new()),
+            name,
         }
     }
 
     /// Locks the table; waits (sleeping) while another thread of this
     /// process holds it.
     pub(super) fn lock(&self) -> Guard<'_> {
-        let me = sys::getpid() & PID;
-        // Acquire: pairs with the Release swap in `Guard::drop`, so the
-        // previous holder's changes to `maps` are visible.
-        if self
-            .word
-            .compare_exchange(FREE, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.lock_slow(me);
+        Guard {
+            inner: self.table.lock(),
+            name: self.name.as_deref(),
         }
-        Guard { table: self }
-    }
-
-    #[cold]
-    fn lock_slow(&self, me: u32) {
-        loop {
-            let cur = self.word.load(Ordering::Relaxed);
-            if cur == FREE {
-                // Acquire: as in `lock`.
-                if self
-                    .word
-                    .compare_exchange(FREE, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return;
-                }
-            } else if cur & PID != me {
-                // Copied by fork from a parent in which another thread held
-                // the lock. No thread of this process can hold or wait on a
-                // word naming another process, so this is the only path.
-                // Acquire: orders our reads after the take-over.
-                if self
-                    .word
-                    .compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    // SAFETY: we hold the lock from here on.
-                    unsafe { self.repair() };
-                    return;
-                }
-            } else if cur & WAITERS != 0
-                || self
-                    .word
-                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                // Any outcome (woken, value changed, signal) re-checks.
-                let _ = sys::futex_wait(&self.word, cur | WAITERS, None);
-            }
-        }
-    }
-
-    /// Rebuilds the inactive copy from the active one, after a take-over.
-    ///
-    /// # Safety
-    /// The caller holds the lock (or `&mut self`), so nothing else reads or
-    /// writes `maps`.
-    unsafe fn repair(&self) {
-        // Acquire: pairs with the Release store in `Guard::change`.
-        let active = self.active.load(Ordering::Acquire) & 1;
-        // SAFETY: the caller holds the lock, so this is the only reference
-        // to `maps`; the active copy is complete (module docs).
-        let maps = unsafe { &mut *self.maps.get() };
-        let good = maps[active].clone();
-        // The inactive copy may be half-changed: move it out untouched and
-        // never drop it.
-        std::mem::forget(std::mem::replace(&mut maps[1 - active], good));
-    }
-
-    /// The table, for a caller that has `&mut` (no guard can exist), after
-    /// repairing a copy a fork left half-changed.
-    fn settle(&mut self) -> &mut [Map; 2] {
-        let word = self.word.get_mut();
-        if *word != FREE {
-            // Only an inherited word can be held here: a guard of this
-            // process borrows the table, which `&mut self` rules out.
-            *word = FREE;
-            // SAFETY: `&mut self` is exclusive access.
-            unsafe { self.repair() };
-        }
-        self.maps.get_mut()
-    }
-
-    /// Removes every placement that overlaps `range` (with `&mut` access,
-    /// no reference to them can be alive).
-    pub(super) fn forget(&mut self, range: Range<usize>) {
-        for map in self.settle() {
-            while let Some((start, _)) = overlapping(map, &range) {
-                map.remove(&start);
-            }
-        }
-    }
-
-    /// Records `p` at `offset`, replacing every placement it overlaps.
-    pub(super) fn replace(&mut self, offset: usize, p: Placement) {
-        if p.size == 0 {
-            return;
-        }
-        self.forget(offset..offset + p.size);
-        for map in self.settle() {
-            map.insert(offset, p);
-        }
-    }
-
-    /// How many placements there are.
-    #[cfg(test)]
-    pub(super) fn len(&mut self) -> usize {
-        self.settle()[0].len()
     }
 }
 
-impl Drop for Placements {
+/// A mapping's share of a placement table: its id, and, when it is
+/// dropped, the release of everything it holds.
+#[derive(Debug)]
+pub(super) struct Claim {
+    table: Arc<Placements>,
+    id: MappingId,
+}
+
+impl Claim {
+    /// A new mapping's share of `table`, under a fresh id.
+    pub(super) fn new(table: Arc<Placements>) -> Claim {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Claim {
+            table,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// This mapping's id in the table.
+    pub(super) fn id(&self) -> MappingId {
+        self.id
+    }
+
+    /// Locks the shared table.
+    pub(super) fn lock(&self) -> Guard<'_> {
+        self.table.lock()
+    }
+}
+
+impl Drop for Claim {
     fn drop(&mut self) {
-        // A copy left half-changed by fork must be leaked, not dropped.
-        self.settle();
+        // The mapping is going away with every reference it made.
+        self.table.lock().release(self.id, 0..usize::MAX);
     }
 }
 
-/// The placement in `map` that overlaps `range`, if any (the last one when
-/// several do). Empty ranges overlap nothing.
-fn overlapping(map: &Map, range: &Range<usize>) -> Option<(usize, Placement)> {
-    if range.start >= range.end {
-        return None;
-    }
+/// The placements in `map` that overlap `range`, last first. Empty ranges
+/// overlap nothing.
+fn overlapping<'m>(
+    map: &'m Map,
+    range: &Range<usize>,
+) -> impl Iterator<Item = (usize, &'m Placed)> + 'm {
+    let start = range.start;
     // Placements do not overlap, so they are sorted by end as well as by
-    // start: only the last one starting before `range.end` can reach past
-    // `range.start`.
-    let (&start, p) = map.range(..range.end).next_back()?;
-    (start + p.size > range.start).then_some((start, *p))
+    // start: walking back from the last one that starts before
+    // `range.end`, the first that ends at or before `range.start` ends the
+    // walk.
+    let candidates = if range.start < range.end {
+        Some(map.range(..range.end).rev())
+    } else {
+        None
+    };
+    candidates
+        .into_iter()
+        .flatten()
+        .take_while(move |(&s, p)| s + p.what.size > start)
+        .map(|(&s, p)| (s, p))
 }
 
 /// The locked table. Unlocks on drop.
 pub(super) struct Guard<'a> {
-    table: &'a Placements,
+    inner: forksafe::Guard<'a, Map>,
+    name: Option<&'a str>,
 }
 
 impl Guard<'_> {
     fn map(&self) -> &Map {
-        let active = self.table.active.load(Ordering::Relaxed) & 1;
-        // SAFETY: the guard holds the lock, and `change` (the only writer
-        // under a guard) takes `&mut self`, so no `&mut` to `maps` is alive
-        // while this borrow of the guard is.
-        unsafe { &(*self.table.maps.get())[active] }
+        self.inner.get()
     }
 
     /// The placement at exactly `offset`, if any.
+    #[cfg(test)]
     pub(super) fn at(&self, offset: usize) -> Option<Placement> {
-        self.map().get(&offset).copied()
+        self.map().get(&offset).map(|p| p.what)
     }
 
-    /// A placement overlapping `range`, if any.
+    /// A placement overlapping `range`, if any (the last one).
     pub(super) fn overlapping(&self, range: &Range<usize>) -> Option<(usize, Placement)> {
         overlapping(self.map(), range)
+            .next()
+            .map(|(s, p)| (s, p.what))
+    }
+
+    /// How many placements there are.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map().len()
     }
 
     /// `Ok` if no placement overlaps `range`: its bytes may be copied
@@ -315,61 +239,151 @@ impl Guard<'_> {
         }
     }
 
-    /// Records `p` at `offset`; the caller checked that nothing overlaps.
-    pub(super) fn insert(&mut self, offset: usize, p: Placement) {
-        if p.size != 0 {
-            self.change(|map| {
-                map.insert(offset, p);
-            });
+    /// `Ok` if every placement overlapping `range` is held by mapping `me`
+    /// alone: a caller with `&mut` to that mapping may change the bytes,
+    /// since none of its references is alive.
+    ///
+    /// # Errors
+    /// [`Error::Aliased`] naming a placement another mapping holds.
+    pub(super) fn check_unshared(&self, me: MappingId, range: &Range<usize>) -> Result<()> {
+        let shared =
+            overlapping(self.map(), range).find(|(_, p)| p.holders.iter().any(|&h| h != me));
+        match shared {
+            None => Ok(()),
+            Some((start, p)) => Err(Error::Aliased {
+                object: match self.name {
+                    Some(name) => format!(
+                        "bytes {}..{} of shared memory {name:?}",
+                        range.start, range.end
+                    ),
+                    None => bytes_object(range),
+                },
+                found: format!(
+                    "{} through another mapping of it in this process",
+                    p.what.describe_at(start)
+                ),
+            }),
         }
     }
 
-    /// Applies `f` to both copies, one at a time, swapping them in between
-    /// (module docs).
-    fn change(&mut self, f: impl Fn(&mut Map)) {
-        let active = self.table.active.load(Ordering::Relaxed) & 1;
-        // SAFETY: the guard holds the lock and `&mut self` rules out a
-        // borrow from `map` being alive, so this is the only reference.
-        let maps = unsafe { &mut *self.table.maps.get() };
-        f(&mut maps[1 - active]);
-        // Release: a child forked after this store sees the finished copy
-        // behind the new index (Acquire load in `repair`).
-        self.table.active.store(1 - active, Ordering::Release);
-        f(&mut maps[active]);
-    }
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        // Release: publishes our changes to `maps` to the next locker's
-        // Acquire.
-        if self.table.word.swap(FREE, Ordering::Release) & WAITERS != 0 {
-            sys::futex_wake(&self.table.word, 1);
+    /// Places `want` at `offset` for mapping `me`, as `get` does: the
+    /// same type at the same offset gains `me` as a holder; untyped bytes
+    /// become a `want` held by `me`.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] when a placement of another type, or at
+    /// another offset, overlaps the bytes.
+    pub(super) fn claim(&mut self, me: MappingId, offset: usize, want: Placement) -> Result<()> {
+        if want.size == 0 {
+            return Ok(());
         }
+        let range = offset..offset + want.size;
+        match self.map().get(&offset) {
+            Some(found) if found.what.same_type(&want) => {
+                if !found.holders.contains(&me) {
+                    self.inner.change(|map| {
+                        if let Some(p) = map.get_mut(&offset) {
+                            p.holders.push(me);
+                        }
+                    });
+                }
+                Ok(())
+            }
+            _ => match self.overlapping(&range) {
+                Some((start, found)) => Err(Error::TypeMismatch {
+                    object: bytes_object(&range),
+                    expected: want.describe(),
+                    found: found.describe_at(start),
+                }),
+                None => {
+                    self.inner.change(|map| {
+                        map.insert(
+                            offset,
+                            Placed {
+                                what: want,
+                                holders: vec![me],
+                            },
+                        );
+                    });
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Places `p` at `offset` for mapping `me`, as `init` does, replacing
+    /// every placement it overlaps.
+    ///
+    /// # Errors
+    /// [`Error::Aliased`] when another mapping holds one of them (this
+    /// mapping's `&mut` says nothing about that mapping's references).
+    pub(super) fn replace(&mut self, me: MappingId, offset: usize, p: Placement) -> Result<()> {
+        if p.size == 0 {
+            return Ok(());
+        }
+        let range = offset..offset + p.size;
+        self.check_unshared(me, &range)?;
+        self.inner.change(|map| {
+            let old: Vec<usize> = overlapping(map, &range).map(|(s, _)| s).collect();
+            for start in old {
+                map.remove(&start);
+            }
+            map.insert(
+                offset,
+                Placed {
+                    what: p,
+                    holders: vec![me],
+                },
+            );
+        });
+        Ok(())
+    }
+
+    /// Removes mapping `me` from the holders of every placement that
+    /// overlaps `range`; a placement left with no holder is forgotten.
+    pub(super) fn release(&mut self, me: MappingId, range: Range<usize>) {
+        let touched = overlapping(self.map(), &range).any(|(_, p)| p.holders.contains(&me));
+        if !touched {
+            return;
+        }
+        self.inner.change(|map| {
+            let held: Vec<usize> = overlapping(map, &range)
+                .filter(|(_, p)| p.holders.contains(&me))
+                .map(|(s, _)| s)
+                .collect();
+            for start in held {
+                if let Some(p) = map.get_mut(&start) {
+                    p.holders.retain(|&h| h != me);
+                    if p.holders.is_empty() {
+                        map.remove(&start);
+                    }
+                }
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     fn p<T: Shared>() -> Placement {
         Placement::of::<T>()
     }
 
     #[test]
-    fn overlap_finds_the_one_placement_that_reaches_in() {
-        let mut t = Placements::new();
-        t.replace(0, p::<u64>());
-        t.replace(16, p::<u32>());
-        let g = t.lock();
+    fn overlap_finds_the_placements_that_reach_in() {
+        let t = Placements::new(None);
+        let mut g = t.lock();
+        g.claim(1, 0, p::<u64>()).unwrap();
+        g.claim(1, 16, p::<u32>()).unwrap();
         assert_eq!(g.overlapping(&(8..16)).map(|(s, _)| s), None);
         assert_eq!(g.overlapping(&(7..8)).map(|(s, _)| s), Some(0));
         assert_eq!(g.overlapping(&(0..100)).map(|(s, _)| s), Some(16));
         assert_eq!(g.overlapping(&(19..20)).map(|(s, _)| s), Some(16));
         assert_eq!(g.overlapping(&(20..24)).map(|(s, _)| s), None);
         assert_eq!(g.overlapping(&(4..4)).map(|(s, _)| s), None);
+        assert_eq!(overlapping(g.map(), &(0..100)).count(), 2);
         assert!(g.check_untyped(&(8..16)).is_ok());
         match g.check_untyped(&(4..12)) {
             Err(Error::TypeMismatch { object, found, .. }) => {
@@ -383,114 +397,82 @@ mod tests {
 
     #[test]
     fn replace_removes_every_overlapped_placement() {
-        let mut t = Placements::new();
+        let t = Placements::new(None);
+        let mut g = t.lock();
         for off in (0..64).step_by(8) {
-            t.replace(off, p::<u64>());
+            g.replace(1, off, p::<u64>()).unwrap();
         }
-        assert_eq!(t.len(), 8);
-        t.replace(4, p::<[u64; 3]>());
+        assert_eq!(g.len(), 8);
+        g.replace(1, 4, p::<[u64; 3]>()).unwrap();
         // 0..8, 8..16, 16..24 and 24..32 overlap 4..28.
-        assert_eq!(t.len(), 5);
-        let g = t.lock();
+        assert_eq!(g.len(), 5);
         assert!(g.at(4).is_some_and(|q| q.same_type(&p::<[u64; 3]>())));
         assert!(g.at(0).is_none());
         assert!(g.at(32).is_some());
-        drop(g);
-        t.forget(0..usize::MAX);
-        assert_eq!(t.len(), 0);
+        g.release(1, 0..usize::MAX);
+        assert_eq!(g.len(), 0);
     }
 
     #[test]
-    fn both_copies_stay_equal() {
-        let t = Placements::new();
-        for off in (0..800).step_by(8) {
-            t.lock().insert(off, p::<AtomicU64>());
+    fn holders_decide_who_may_change_placed_bytes() {
+        let t = Placements::new(Some("/obj".to_owned()));
+        let mut g = t.lock();
+        g.claim(1, 0, p::<u64>()).unwrap();
+        // Its only holder may change it; another mapping may not.
+        assert!(g.check_unshared(1, &(0..8)).is_ok());
+        match g.check_unshared(2, &(4..12)) {
+            Err(Error::Aliased { object, found }) => {
+                assert_eq!(object, "bytes 4..12 of shared memory \"/obj\"");
+                assert!(
+                    found.contains("placed at bytes 0..8 through another mapping"),
+                    "{found}"
+                );
+            }
+            other => panic!("{other:?}"),
         }
-        // SAFETY: no guard is alive; this test is the only user.
-        let maps = unsafe { &*t.maps.get() };
-        assert_eq!(maps[0].len(), 100);
-        assert!(maps[0].keys().eq(maps[1].keys()));
+        assert!(matches!(
+            g.replace(2, 0, p::<u32>()),
+            Err(Error::Aliased { .. })
+        ));
+        // The same type at the same offset: a second holder, and then
+        // neither may change it alone.
+        g.claim(2, 0, p::<u64>()).unwrap();
+        assert!(matches!(
+            g.check_unshared(1, &(0..8)),
+            Err(Error::Aliased { .. })
+        ));
+        assert!(matches!(
+            g.claim(2, 0, p::<AtomicU64>()),
+            Err(Error::TypeMismatch { .. })
+        ));
+        // Releasing one holder keeps the placement for the other.
+        g.release(1, 0..8);
+        assert_eq!(g.len(), 1);
+        assert!(g.check_unshared(2, &(0..8)).is_ok());
+        assert!(g.check_untyped(&(0..8)).is_err());
+        // A release by a mapping that holds nothing changes nothing.
+        g.release(3, 0..usize::MAX);
+        assert_eq!(g.len(), 1);
+        g.release(2, 0..usize::MAX);
+        assert_eq!(g.len(), 0);
+        assert!(g.check_untyped(&(0..8)).is_ok());
     }
 
     #[test]
-    fn contended_lock_hands_over_between_threads() {
-        let t = Placements::new();
-        let counter = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for k in 0..4usize {
-                let (t, counter) = (&t, &counter);
-                s.spawn(move || {
-                    for i in 0..2000usize {
-                        let mut g = t.lock();
-                        // A non-atomic read-modify-write made atomic by the lock.
-                        let v = counter.load(Ordering::Relaxed);
-                        g.insert((k * 2000 + i) * 8, p::<u64>());
-                        counter.store(v + 1, Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        assert_eq!(counter.load(Ordering::Relaxed), 8000);
-        let mut t = t;
-        assert_eq!(t.len(), 8000);
-    }
-
-    /// A child forked while another thread holds the lock, half-way through
-    /// a change, takes the lock over and sees the last complete table.
-    #[test]
-    fn a_fork_in_the_middle_of_a_change_leaves_a_usable_table() {
-        let t = Placements::new();
-        t.lock().insert(0, p::<u64>());
-        let (held, release) = (AtomicU32::new(0), AtomicU32::new(0));
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let g = t.lock();
-                // Half a change: the inactive copy only, as `change` does
-                // first; the active copy still says "u64 at 0, nothing else".
-                let active = t.active.load(Ordering::Relaxed);
-                // SAFETY: `g` holds the lock; no other reference to `maps`.
-                unsafe { (*t.maps.get())[1 - active].insert(8, p::<u32>()) };
-                held.store(1, Ordering::SeqCst);
-                while release.load(Ordering::SeqCst) == 0 {
-                    std::thread::yield_now();
-                }
-                // Finish it the way `change` would, then unlock.
-                t.active.store(1 - active, Ordering::Release);
-                // SAFETY: as above.
-                unsafe { (*t.maps.get())[active].insert(8, p::<u32>()) };
-                drop(g);
-            });
-            while held.load(Ordering::SeqCst) == 0 {
-                std::thread::yield_now();
-            }
-            // SAFETY: the child only uses this table and plain memory, then
-            // leaves with _exit.
-            let pid = unsafe { libc::fork() };
-            assert!(pid >= 0);
-            if pid == 0 {
-                let ok = {
-                    let mut g = t.lock(); // takes the inherited word over
-                    let before = g.at(0).is_some() && g.at(8).is_none();
-                    g.insert(16, p::<u16>());
-                    before
-                };
-                // The next change went to a copy rebuilt from the complete
-                // one, so the unfinished entry at 8 did not come back.
-                let again = {
-                    let g = t.lock();
-                    g.at(16).is_some() && g.at(8).is_none()
-                };
-                // SAFETY: ends the child without running the harness.
-                unsafe { libc::_exit(if ok && again { 0 } else { 1 }) };
-            }
-            release.store(1, Ordering::SeqCst);
-            let mut status = 0;
-            // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-            assert!(libc::WIFEXITED(status), "child status {status:#x}");
-            assert_eq!(libc::WEXITSTATUS(status), 0, "child saw a bad table");
-        });
+    fn a_dropped_claim_releases_what_it_held() {
+        let t = Arc::new(Placements::new(None));
+        let a = Claim::new(t.clone());
+        let b = Claim::new(t.clone());
+        assert_ne!(a.id(), b.id());
+        a.lock().claim(a.id(), 0, p::<u64>()).unwrap();
+        a.lock().claim(a.id(), 8, p::<u64>()).unwrap();
+        b.lock().claim(b.id(), 8, p::<u64>()).unwrap();
+        drop(a);
         let g = t.lock();
-        assert!(g.at(0).is_some() && g.at(8).is_some() && g.at(16).is_none());
+        assert!(g.at(0).is_none());
+        assert!(g.at(8).is_some());
+        drop(g);
+        drop(b);
+        assert_eq!(t.lock().len(), 0);
     }
 }

@@ -3,7 +3,7 @@
 //! types as the mapping's placement table allows. The rules, and why they
 //! make every `&T` sound, are in the [`mmap` module docs](super#typed-placement).
 
-use super::placements::{bytes_object, Placement};
+use super::placements::Placement;
 use super::MappedMemory;
 use crate::error::{Error, Result};
 use crate::shared::Shared;
@@ -26,12 +26,14 @@ impl MappedMemory {
     }
 
     /// Places `value` at `offset` and returns a reference to it. Whatever
-    /// was placed over those bytes before is forgotten: they are a `T` from
-    /// now on ([typed placement](super#typed-placement)).
+    /// this mapping placed over those bytes before is forgotten: they are a
+    /// `T` from now on ([typed placement](super#typed-placement)).
     ///
     /// `&mut self` makes this the only access to the mapping from this
-    /// process; other processes must not use the bytes before the value is
-    /// published to them (DESIGN.md rule 4).
+    /// process; another mapping of the same object in this process that
+    /// holds a value on the bytes makes it an [`Error::Aliased`]. Other
+    /// processes must not use the bytes before the value is published to
+    /// them (DESIGN.md rule 4).
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,28 +48,41 @@ impl MappedMemory {
     /// ```
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::ReadOnly`].
+    /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::ReadOnly`];
+    /// [`Error::Aliased`] when another mapping of the object in this
+    /// process holds a value placed on any of the bytes.
     pub fn init<T: Shared>(&mut self, offset: usize, value: T) -> Result<&T> {
         self.check_writable()?;
         let p = self.check_typed::<T>(offset)?;
-        self.placements.replace(offset, Placement::of::<T>());
+        // Held until the value is written, so no other mapping of the
+        // object can hand out a reference to it (or copy its bytes) while
+        // it is half-written.
+        let mut table = self.claim.lock();
+        table.replace(self.claim.id(), offset, Placement::of::<T>())?;
         // SAFETY: `p` is in bounds and aligned for T in the live writable
-        // mapping. Bit-validity: `value` is a T. Aliasing and lifetime: the
-        // returned reference borrows `self` mutably, so until it dies no
-        // other accessor of this mapping can run, the mapping cannot be
-        // unmapped, and no earlier reference from `get`/`init` is alive to
-        // see the write. Type: the table now records a T at `offset`, so
-        // `get` will only hand out `&T` at this address over these bytes.
-        unsafe {
-            p.write(value);
-            Ok(&*p)
-        }
+        // mapping; no reference into these bytes is alive in this process:
+        // `&mut self` rules out this mapping's, the table showed no other
+        // mapping of the object holds a value on them, the lock keeps any
+        // from placing one until the write is done, and no `Segment` of the
+        // object exists beside a raw mapping (registry).
+        unsafe { p.write(value) };
+        drop(table);
+        // SAFETY: bit-validity: the bytes hold `value`, a T. Aliasing and
+        // lifetime: the reference borrows `self` mutably, so until it dies
+        // no other accessor of this mapping can run and the mapping cannot
+        // be unmapped; another mapping of the object can only add a `&T`
+        // to the same value (`get`), and cannot write or copy bytes this
+        // mapping holds. Type: the table now records a T at `offset` held
+        // by this mapping, so no mapping of the object in this process
+        // hands out another type over these bytes.
+        Ok(unsafe { &*p })
     }
 
     /// Returns a reference to the `T` at `offset`: the one placed there
-    /// with [`init`](Self::init) or an earlier `get`, or, if nothing placed
-    /// overlaps its bytes, the bytes as they are (any bytes make a valid
-    /// `T`, [`Shared`]), which are a `T` from now on.
+    /// with [`init`](Self::init) or an earlier `get` (through this mapping
+    /// or another mapping of the same object in this process), or, if
+    /// nothing placed overlaps its bytes, the bytes as they are (any bytes
+    /// make a valid `T`, [`Shared`]), which are a `T` from now on.
     ///
     /// ```
     /// use shmutils::{Error, MapFlags, MapProtections, MappedMemory, RawLock};
@@ -87,41 +102,34 @@ impl MappedMemory {
     pub fn get<T: Shared>(&self, offset: usize) -> Result<&T> {
         self.check_writable()?;
         let p = self.check_typed::<T>(offset)?;
-        let want = Placement::of::<T>();
-        let range = offset..offset + want.size;
-        let mut table = self.placements.lock();
-        match table.at(offset) {
-            Some(found) if found.same_type(&want) => {}
-            _ => match table.overlapping(&range) {
-                Some((start, found)) => {
-                    return Err(Error::TypeMismatch {
-                        object: bytes_object(&range),
-                        expected: want.describe(),
-                        found: found.describe_at(start),
-                    })
-                }
-                None => table.insert(offset, want),
-            },
-        }
-        drop(table);
+        self.claim
+            .lock()
+            .claim(self.claim.id(), offset, Placement::of::<T>())?;
         // SAFETY: `p` is in bounds, aligned for T, in the live read-write
         // mapping. Bit-validity: every bit pattern is a valid T (Shared).
         // Aliasing and lifetime: the reference borrows `self`, so the
-        // mapping stays mapped and the writers that take `&mut self`
+        // mapping stays mapped and its writers that take `&mut self`
         // (`write`, `init`, `clear_placements`, drop) cannot run while it
-        // lives; the table holds a T at exactly `offset`, so every other
-        // reference this mapping hands out over these bytes is this same
-        // `&T` (mutating only through T's own atomics or locks), and byte
-        // copies refuse them. Type: the bytes were placed as a T by
-        // `init`/`get`, or were unclaimed and are claimed as a T now.
-        // Writers outside this mapping (peers) mutate through atomics and
-        // locks only (module docs).
+        // lives. The table, shared by every raw mapping of the object in
+        // this process, holds a T at exactly `offset` with this mapping
+        // among its holders: every other reference any of them hands out
+        // over these bytes is a `&T` to the same value (mutating only
+        // through T's own atomics or locks), byte copies refuse them, and
+        // the other mappings' `write` and `init` refuse them until this
+        // mapping releases its hold (`clear_placements`, drop, detach:
+        // none can run while the reference lives). No `Segment` of the
+        // object exists beside a raw mapping (registry). Type: the bytes
+        // were placed as a T by `init`/`get`, or were unclaimed and are
+        // claimed as a T now. Writers in other processes (peers) mutate
+        // through atomics and locks only (module docs).
         Ok(unsafe { &*p })
     }
 
-    /// Forgets every placement overlapping `range`, so its bytes can be
-    /// read as bytes or placed as another type. With `&mut self`, no
-    /// reference into the mapping is alive.
+    /// Forgets this mapping's placements overlapping `range`, so their
+    /// bytes can be read as bytes or placed as another type. With `&mut
+    /// self`, no reference this mapping handed out is alive. A placement
+    /// that another mapping of the same object in this process also holds
+    /// stays, until that mapping lets it go too.
     ///
     /// ```
     /// use shmutils::{MapFlags, MapProtections, MappedMemory};
@@ -133,7 +141,7 @@ impl MappedMemory {
     /// # Ok::<(), shmutils::Error>(())
     /// ```
     pub fn clear_placements(&mut self, range: std::ops::Range<usize>) {
-        self.placements.forget(range);
+        self.claim.lock().release(self.claim.id(), range);
     }
 }
 
