@@ -37,7 +37,7 @@ use crate::shared::{Fingerprint, Shared};
 use crate::sys;
 
 /// Entries in a segment's type table (entry 0 is reserved for untyped
-/// bytes, [`meta::RAW`](super::meta::RAW)).
+/// bytes from [`SharedHeap::alloc`](super::SharedHeap::alloc)).
 pub const TYPE_CAPACITY: usize = 512;
 /// Bytes of a type's name kept in the table (longer names are cut).
 pub(crate) const MAX_TYPE_NAME: usize = 80;
