@@ -223,6 +223,15 @@ pub enum Error {
         /// How many raw mappings of it are alive.
         mappings: usize,
     },
+    /// The file system holding the segment's object (`/dev/shm` for a named
+    /// segment) has no room for pages the segment needs now; nothing was
+    /// written to them.
+    NoSpace {
+        /// The segment, e.g. `segment "/users" of 268435456 bytes`.
+        segment: String,
+        /// What the pages were for and how many bytes were asked.
+        what: String,
+    },
     /// Every entry of the segment's type table is taken: the segment holds
     /// values of too many different types.
     TypeTableFull {
@@ -401,6 +410,11 @@ impl fmt::Display for Error {
                  MappedMemory of it in this process, found {mappings}; drop them first \
                  (a raw write could change bytes under the segment's references)"
             ),
+            Error::NoSpace { segment, what } => write!(
+                f,
+                "no space left in /dev/shm (or the memory file system behind it) for {segment}: \
+                 {what}; free space there or make the segment smaller"
+            ),
             Error::TypeTableFull { capacity } => write!(
                 f,
                 "the segment's type table is full: it records at most {capacity} types"
@@ -473,6 +487,8 @@ impl From<Error> for io::Error {
             Error::Exists { .. } => io::ErrorKind::AlreadyExists,
             Error::PermissionDenied { .. } => io::ErrorKind::PermissionDenied,
             Error::OutOfMemory { .. } => io::ErrorKind::OutOfMemory,
+            // StorageFull, named without raising the minimum Rust version.
+            Error::NoSpace { .. } => io::Error::from_raw_os_error(libc::ENOSPC).kind(),
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::InvalidInput,
         };

@@ -21,13 +21,14 @@
 //! # Ok::<(), shmutils::Error>(())
 //! ```
 
+use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::heap::layout::Geometry;
-use crate::heap::{SharedHeap, TypeCache};
+use crate::heap::{self, SharedHeap, TypeCache};
 use crate::mmap::{MapFlags, MapProtections, MappedMemory};
 use crate::shm::{shm_unlink, Mode, ShmFd};
 use crate::sys;
@@ -101,6 +102,9 @@ pub struct Segment {
     id: u64,
     creator_pid: u32,
     geo: Geometry,
+    /// The object (kept open so the heap can reserve pages in it before it
+    /// writes them); `None` for an anonymous segment.
+    fd: Option<ShmFd>,
     /// This process's validated copy of the segment's type table.
     types: TypeCache,
     created: bool,
@@ -121,7 +125,7 @@ impl Segment {
     ///
     /// # Errors
     /// [`Error::SegmentTooSmall`] below [`min_size`](Self::min_size) (checked
-    /// before anything is created); [`Error::InvalidArgument`] above 32 GiB;
+    /// before anything is created); [`Error::InvalidArgument`] above 1 TiB;
     /// [`Error::Exists`], [`Error::InvalidName`] and the OS's errors. A
     /// failed create leaves no name behind.
     pub fn create(name: &str, size: usize) -> Result<Segment> {
@@ -149,7 +153,7 @@ impl Segment {
         let size = fd.size()?;
         Segment::check_size(fd.name(), size)?;
         let map = Segment::map(&fd, size)?;
-        Segment::from_mapping(map, Some(fd.name().to_owned()), false)
+        Segment::from_mapping(map, Some(fd), false)
     }
 
     /// Opens `name`, creating it with `size` bytes if it does not exist.
@@ -177,7 +181,7 @@ impl Segment {
                 // initialize().
                 let magic = header(&map).magic.load(Ordering::Acquire);
                 if magic != 0 {
-                    return Segment::from_mapping(map, Some(fd.name().to_owned()), false);
+                    return Segment::from_mapping(map, Some(fd), false);
                 }
                 if Instant::now() >= deadline {
                     return Err(Error::Timeout {
@@ -241,14 +245,19 @@ impl Segment {
     /// Sizes, maps and initializes a segment this process just created;
     /// unlinks the name again if any step fails.
     fn initialize_named(fd: ShmFd, size: usize) -> Result<Segment> {
+        let name = fd.name().to_owned();
         let made = (|| {
             fd.truncate(size as u64)?;
+            // Before the first write: a full /dev/shm is an error here,
+            // never a SIGBUS below.
+            heap::reserve_fixed(fd.as_fd(), size as u64, HEADER_BYTES, Some(&name))?;
             let map = Segment::map(&fd, size as u64)?;
             Segment::initialize(&map)?;
-            Segment::from_mapping(map, Some(fd.name().to_owned()), true)
-        })();
+            Ok(map)
+        })()
+        .and_then(|map| Segment::from_mapping(map, Some(fd), true));
         if made.is_err() {
-            let _ = fd.unlink();
+            let _ = shm_unlink(&name);
         }
         let mut seg = made?;
         seg.created = true;
@@ -262,8 +271,9 @@ impl Segment {
             what: "a mapping at address 0".to_owned(),
         })?;
         // SAFETY: the mapping is live, read-write, page-aligned and
-        // map.len() long; the segment is not published (magic is 0), so no
-        // peer uses it yet: openers stop at the magic.
+        // map.len() long, and all zero (a fresh object or anonymous
+        // memory); the segment is not published (magic is 0), so no peer
+        // uses it yet: openers stop at the magic.
         unsafe { SharedHeap::format(base, map.len(), HEADER_BYTES)? };
         let mut id = [0u8; 8];
         sys::getrandom(&mut id).map_err(|e| Error::io("getrandom", e))?;
@@ -281,7 +291,8 @@ impl Segment {
     }
 
     /// Validates the header and heap of a mapping.
-    fn from_mapping(map: MappedMemory, name: Option<String>, created: bool) -> Result<Segment> {
+    fn from_mapping(map: MappedMemory, fd: Option<ShmFd>, created: bool) -> Result<Segment> {
+        let name = fd.as_ref().map(|f| f.name().to_owned());
         let label = name.clone().unwrap_or_else(|| "anonymous".to_owned());
         let h = header(&map);
         // Acquire: pairs with the Release store in initialize().
@@ -346,14 +357,16 @@ impl Segment {
         let types = TypeCache::new();
         // SAFETY: the mapping is live, read-write and page-aligned; the view
         // is dropped at once (only the validated geometry is kept).
-        let geo = unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None)? }
-            .geometry();
+        let geo =
+            unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None, None)? }
+                .geometry();
         Ok(Segment {
             map,
             name,
             id,
             creator_pid,
             geo,
+            fd,
             types,
             created,
             unlink_on_drop: None,
@@ -374,6 +387,7 @@ impl Segment {
                 base,
                 self.geo,
                 &self.types,
+                self.fd.as_ref().map(|f| f.as_fd()),
                 self.name.as_deref(),
                 Some(self.id),
             )

@@ -42,6 +42,29 @@ pub(crate) fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
 }
 
+/// `fallocate(2)` mode 0: makes `off..off + len` of the object take real
+/// pages now, so later writes there cannot fail (`ENOSPC` arrives here
+/// instead of as a `SIGBUS` on first touch).
+pub(crate) fn fallocate(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+    let (off, len) = match (libc::off_t::try_from(off), libc::off_t::try_from(len)) {
+        (Ok(o), Ok(l)) => (o, l),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range does not fit off_t",
+            ))
+        }
+    };
+    loop {
+        // SAFETY: the descriptor is borrowed, so it is open for the whole
+        // call; fallocate reads nothing from our memory.
+        match cvt(unsafe { libc::fallocate(fd.as_raw_fd(), 0, off, len) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
 /// What `fstat(2)` tells about a shared memory object.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FileStat {

@@ -329,7 +329,7 @@ mod tests {
             assert!(w[1] > w[0]);
             assert!(w[1] - w[0] <= w[0].div_ceil(4).max(1), "{w:?}");
         }
-        // The last class covers the largest arena (32 GiB).
+        // The largest block is 32 GiB (bigger requests are OutOfMemory).
         assert!(u64::from(LARGE_PAGES[NLARGE - 1]) * PAGE >= 1 << 35);
         const { assert!(NCLASSES < 255, "class + 1 must fit the page map's byte") };
     }

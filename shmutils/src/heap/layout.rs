@@ -37,8 +37,8 @@ pub(crate) const NSHARDS: usize = 8;
 /// processes working on different lists never share one.
 pub(crate) const HEAD_STRIDE: u64 = 64;
 /// Block offsets are stored as `offset / 8` in 32 bits, so a segment holds
-/// at most 32 GiB.
-pub(crate) const MAX_SEGMENT: u64 = 1 << 35;
+/// at most 1 TiB (the free-list heads address 2 TiB).
+pub(crate) const MAX_SEGMENT: u64 = 1 << 40;
 /// Bytes of the header struct.
 const HEADER_BYTES: u64 = 128;
 /// Bitmap bytes per arena page: one cache line, 512 bits, enough for the
@@ -72,7 +72,10 @@ pub(crate) struct HeapHeader {
     pub(crate) corrupt_events: AtomicU64,
     pub(crate) types_off: AtomicU64,
     pub(crate) type_capacity: AtomicU64,
-    _reserved: [AtomicU64; 1],
+    /// Arena pages whose bytes, page map entries and span words are
+    /// reserved in the object (`fallocate`); only grows, by CAS to a
+    /// larger value after the reservation succeeded.
+    pub(crate) reserved: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<HeapHeader>() as u64 == HEADER_BYTES);

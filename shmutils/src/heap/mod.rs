@@ -80,6 +80,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -87,6 +88,7 @@ use crate::error::{Error, Result};
 use crate::process;
 use crate::ptr::{RelPtr, RelSlice};
 use crate::shared::Shared;
+use crate::sys;
 
 pub use boxed::SharedBox;
 pub use cache::{HeapCache, CACHE_BLOCKS};
@@ -110,6 +112,9 @@ use types::{TypeEntry, TypeKey, TypeTable};
 /// up with [`Error::HeapCorrupt`].
 const MAX_SKIPS: usize = 64;
 
+/// The smallest reservation step, in arena pages (1 MiB).
+const RESERVE_CHUNK: u64 = 256;
+
 /// A view of the heap inside a mapping: cheap to copy, valid as long as
 /// the mapping (`'s`). All its state is in the segment, except this
 /// process's validated copy of the type table; the view holds the
@@ -119,6 +124,9 @@ pub struct SharedHeap<'s> {
     base: NonNull<u8>,
     geo: Geometry,
     types: &'s TypeCache,
+    /// The object behind the mapping, to reserve pages in before they are
+    /// first written (`None`: memory that cannot run out that way).
+    backing: Option<BorrowedFd<'s>>,
     name: Option<&'s str>,
     id: Option<u64>,
     _mapping: PhantomData<&'s [AtomicU64]>,
@@ -149,6 +157,8 @@ enum Carved<'a> {
     Block(u64, &'a AtomicU64),
     /// The arena is used up.
     Full,
+    /// The object's file system could not reserve the pages.
+    NoSpace(Error),
     /// The pages the bump counter gave were not fresh (corruption); they
     /// were skipped.
     Taken,
@@ -189,27 +199,19 @@ fn move_shard() {
 
 impl<'s> SharedHeap<'s> {
     /// Lays out an empty heap at `heap_off` in `base..base + len` and
-    /// publishes it (its magic last).
+    /// publishes it (its magic last). All-zero bookkeeping is an empty heap,
+    /// so nothing but the header is written: a fresh object stays sparse
+    /// whatever its size (its pages are zero until first written).
     ///
     /// # Safety
     /// `base..base + len` must be valid for reads and writes, aligned to
-    /// 4096 bytes, and accessed by nobody else during the call.
+    /// 4096 bytes, all zero, and accessed by nobody else during the call.
     pub(crate) unsafe fn format(base: NonNull<u8>, len: usize, heap_off: u64) -> Result<()> {
         check_base(base)?;
         let geo = Geometry::compute(len as u64, heap_off)?;
-        // SAFETY: heap_off..arena_start lies inside base..base + len
-        // (Geometry guarantees end() <= len), which the caller gives us
-        // exclusively for now.
-        unsafe {
-            std::ptr::write_bytes(
-                base.as_ptr().add(heap_off as usize),
-                0,
-                (geo.arena_start - heap_off) as usize,
-            )
-        };
         // SAFETY: the header lies at heap_off (64-aligned, base page
-        // aligned) inside the region, and was just zeroed (a valid header:
-        // all atomics).
+        // aligned) inside the region (Geometry guarantees end() <= len),
+        // which is zero (a valid header: all atomics).
         let hdr = unsafe { &*(base.as_ptr().add(heap_off as usize) as *const HeapHeader) };
         geo.store(hdr);
         // Release: publishes the geometry and the zeroed bookkeeping to the
@@ -225,7 +227,8 @@ impl<'s> SharedHeap<'s> {
     /// `base..base + len` must stay valid for reads and writes for `'s`, be
     /// aligned to 4096 bytes, and be accessed (by anyone) only through
     /// atomics and through blocks the heap handed out; `types` must be used
-    /// for this mapping's heap only.
+    /// for this mapping's heap only; `backing`, if given, must be the object
+    /// the mapping maps (from offset 0).
     ///
     /// # Errors
     /// [`Error::HeapCorrupt`] if the header is not a heap's or disagrees
@@ -235,6 +238,7 @@ impl<'s> SharedHeap<'s> {
         len: usize,
         heap_off: u64,
         types: &'s TypeCache,
+        backing: Option<BorrowedFd<'s>>,
         name: Option<&'s str>,
         id: Option<u64>,
     ) -> Result<SharedHeap<'s>> {
@@ -258,6 +262,7 @@ impl<'s> SharedHeap<'s> {
             base,
             geo,
             types,
+            backing,
             name,
             id,
             _mapping: PhantomData,
@@ -274,6 +279,7 @@ impl<'s> SharedHeap<'s> {
         base: NonNull<u8>,
         geo: Geometry,
         types: &'s TypeCache,
+        backing: Option<BorrowedFd<'s>>,
         name: Option<&'s str>,
         id: Option<u64>,
     ) -> SharedHeap<'s> {
@@ -281,6 +287,7 @@ impl<'s> SharedHeap<'s> {
             base,
             geo,
             types,
+            backing,
             name,
             id,
             _mapping: PhantomData,
@@ -527,6 +534,7 @@ impl<'s> SharedHeap<'s> {
                             align: layout.align(),
                         })
                     }
+                    Carved::NoSpace(e) => return Err(e),
                     // The pages were not fresh (a bump counter set back):
                     // they were skipped; carve again further on.
                     Carved::Taken => {
@@ -600,8 +608,10 @@ impl<'s> SharedHeap<'s> {
     /// counter has moved past them) and the result is [`Carved::Taken`].
     fn carve(&self, c: usize, shard: usize, ty: u32, private: bool) -> Carved<'s> {
         let pages = span_pages(c);
-        let Some(first) = self.carve_pages(pages) else {
-            return Carved::Full;
+        let first = match self.carve_pages(pages) {
+            Ok(Some(first)) => first,
+            Ok(None) => return Carved::Full,
+            Err(e) => return Carved::NoSpace(e),
         };
         for i in 0..pages {
             let entry = ((c as u32 + 1) << 24) | i as u32;
@@ -670,26 +680,97 @@ impl<'s> SharedHeap<'s> {
         Carved::Block(span, word)
     }
 
-    /// Takes `pages` pages off the bump counter; `None` when they do not fit.
-    fn carve_pages(&self, pages: u64) -> Option<u64> {
+    /// Takes `pages` pages off the bump counter, after reserving them in
+    /// the object; `None` when they do not fit.
+    ///
+    /// # Errors
+    /// [`Error::NoSpace`] if the object's file system cannot reserve them
+    /// (the counter is left as it was).
+    fn carve_pages(&self, pages: u64) -> Result<Option<u64>> {
         let bump = &self.header().bump;
         let mut cur = bump.load(Ordering::Relaxed);
         loop {
             if cur > self.geo.arena_pages {
                 self.note_corruption();
-                return None;
+                return Ok(None);
             }
-            let end = cur.checked_add(pages)?;
-            if end > self.geo.arena_pages {
-                return None;
-            }
+            let Some(end) = cur
+                .checked_add(pages)
+                .filter(|&e| e <= self.geo.arena_pages)
+            else {
+                return Ok(None);
+            };
+            self.reserve(end)?;
             // Relaxed: the pages become reachable only through the page map
             // entries and list pushes that follow, which carry the ordering.
             match bump.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Some(cur),
+                Ok(_) => return Ok(Some(cur)),
                 Err(seen) => cur = seen,
             }
         }
+    }
+
+    /// Makes sure arena pages `0..upto` (their bytes, page map entries and
+    /// span words) are reserved in the backing object, so writing them can
+    /// never raise `SIGBUS`. Reserves in chunks (at least
+    /// [`RESERVE_CHUNK`] pages, and an eighth more than reserved so far), so
+    /// most carves cost one load here.
+    ///
+    /// # Errors
+    /// [`Error::NoSpace`] when the file system is full.
+    fn reserve(&self, upto: u64) -> Result<()> {
+        let Some(fd) = self.backing else {
+            return Ok(());
+        };
+        let reserved = &self.header().reserved;
+        // Acquire: pairs with the Release CAS below, so the pages it
+        // counts were reserved before we write them.
+        let mut cur = reserved.load(Ordering::Acquire).min(self.geo.arena_pages);
+        if upto <= cur {
+            return Ok(());
+        }
+        let chunk = upto
+            .max(cur + RESERVE_CHUNK)
+            .max(cur + cur / 8)
+            .min(self.geo.arena_pages);
+        // A chunk the file system cannot hold may still leave room for what
+        // is needed now.
+        let target = match self.reserve_pages(fd, cur, chunk) {
+            Err(Error::NoSpace { .. }) if chunk > upto => {
+                self.reserve_pages(fd, cur, upto)?;
+                upto
+            }
+            r => r.map(|()| chunk)?,
+        };
+        // Release: publishes the reservation to the Acquire load above.
+        while cur < target {
+            match reserved.compare_exchange_weak(cur, target, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => cur = seen,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves arena pages `from..to`: their bytes, page map entries and
+    /// span words.
+    fn reserve_pages(&self, fd: BorrowedFd<'_>, from: u64, to: u64) -> Result<()> {
+        let g = &self.geo;
+        let n = to - from;
+        let ranges = [
+            (g.arena_start + from * PAGE, n * PAGE, "arena pages"),
+            (g.pagemap_off + from * 4, n * 4, "page map entries"),
+            (
+                g.spans_off + from * SPAN_WORD_BYTES,
+                n * SPAN_WORD_BYTES,
+                "span words",
+            ),
+        ];
+        for (off, len, what) in ranges {
+            reserve_range(fd, off, len, what, self.name, g.total)?;
+        }
+        Ok(())
     }
 
     /// Counts a corrupt entry the allocator skipped (reported by `check`).
@@ -1294,6 +1375,58 @@ impl<'s> SharedHeap<'s> {
     }
 }
 
+/// Reserves what a heap of a `total`-byte segment (heap at `heap_off`)
+/// writes before it carves anything: everything before the page map
+/// (segment header, heap header, free-list heads, directory, type table).
+/// The creator calls it before formatting.
+///
+/// # Errors
+/// As [`reserve_range`].
+pub(crate) fn reserve_fixed(
+    fd: BorrowedFd<'_>,
+    total: u64,
+    heap_off: u64,
+    name: Option<&str>,
+) -> Result<()> {
+    let geo = Geometry::compute(total, heap_off)?;
+    reserve_range(
+        fd,
+        0,
+        geo.pagemap_off,
+        "the segment's header and bookkeeping",
+        name,
+        total,
+    )
+}
+
+/// `fallocate` of `off..off + len` of the object behind a segment.
+///
+/// # Errors
+/// [`Error::NoSpace`] when its file system is full; [`Error::Io`] for other
+/// refusals (a file system that cannot reserve at all is not an error:
+/// there is nothing to guard against beyond what it does).
+fn reserve_range(
+    fd: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+    what: &str,
+    name: Option<&str>,
+    total: u64,
+) -> Result<()> {
+    match sys::fallocate(fd, off, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(Error::NoSpace {
+            segment: match name {
+                Some(n) => format!("segment {n:?} of {total} bytes"),
+                None => format!("an anonymous segment of {total} bytes"),
+            },
+            what: format!("{len} bytes of {what} at offset {off:#x} could not be reserved"),
+        }),
+        Err(e) => Err(Error::io(format!("fallocate of {len} bytes of {what}"), e)),
+    }
+}
+
 fn slice_layout<T>(len: usize) -> Result<Layout> {
     Layout::array::<T>(len).map_err(|_| Error::InvalidArgument {
         what: format!(
@@ -1350,7 +1483,8 @@ pub(crate) mod testing {
         pub(crate) fn heap(&self) -> SharedHeap<'_> {
             // SAFETY: the buffer lives as long as self, is page-aligned, and
             // the heap touches it only through atomics and Shared types.
-            unsafe { SharedHeap::attach(self.base, self.len, 64, &self.types, None, None) }.unwrap()
+            unsafe { SharedHeap::attach(self.base, self.len, 64, &self.types, None, None, None) }
+                .unwrap()
         }
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! # Head word
 //! ```text
-//!  63            32 31             0
-//! +----------------+----------------+
-//! |    ABA tag     |  block / 8     |     block / 8 == 0: the list is empty
-//! +----------------+----------------+
+//!  63          38 37                0
+//! +--------------+-------------------+
+//! |   ABA tag    |  block / 8        |     block / 8 == 0: the list is empty
+//! +--------------+-------------------+
 //! ```
+//! 38 bits of position reach 2 TiB (the largest segment is 1 TiB); the
+//! other 26 bits are the tag.
 //!
 //! | state | push(b) | pop |
 //! |---|---|---|
@@ -17,8 +19,9 @@
 //! Every successful CAS bumps the tag, so a pop that read `meta(a)` before
 //! another thread popped `a`, reused it and pushed it back fails its CAS
 //! (the tag moved on) instead of installing a stale `next`: the ABA
-//! problem. The tag is 32 bits; a pop would have to stall for 2^32
-//! operations on one list for it to wrap.
+//! problem. The tag is 26 bits: a pop would have to stall while exactly a
+//! multiple of 2^26 (67 million) operations complete on its one list, and
+//! find its block back on top, to be fooled.
 //!
 //! # No data race
 //! A pop reads the link of a block that another thread may have popped and
@@ -140,21 +143,25 @@ impl<'s> Nodes<'s> for SharedHeap<'s> {
     }
 }
 
-/// A head word from a tag and a block offset.
+/// Bits of a head word that hold the block's position (offset / 8).
+const POSITION_BITS: u32 = 38;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+
+/// A head word from a tag (its low 26 bits) and a block offset.
 #[inline]
 pub(crate) fn pack(tag: u32, off: u64) -> u64 {
-    (u64::from(tag) << 32) | (off / GRANULE)
+    (u64::from(tag) << POSITION_BITS) | ((off / GRANULE) & POSITION_MASK)
 }
 
 /// The block offset a head word names (0 for an empty list).
 #[inline]
 pub(crate) fn head_offset(head: u64) -> u64 {
-    (head & 0xffff_ffff) * GRANULE
+    (head & POSITION_MASK) * GRANULE
 }
 
 #[inline]
 fn tag(head: u64) -> u32 {
-    (head >> 32) as u32
+    (head >> POSITION_BITS) as u32
 }
 
 /// What [`pop`] found.
@@ -192,7 +199,7 @@ pub(crate) fn pop<'a, N: Nodes<'a>>(heap: &N, head: &N::W, class: usize) -> (Pop
         };
         let seen = word.load(Ordering::Acquire);
         let next = match meta::free_link(seen, off) {
-            Some(next) if next / GRANULE <= 0xffff_ffff => next,
+            Some(next) if next / GRANULE <= POSITION_MASK => next,
             _ => {
                 // Either someone popped and claimed the block since we read
                 // the head (the head moved: retry), or the word is garbage.
@@ -281,6 +288,10 @@ mod tests {
         assert_eq!(head_offset(h), 0x1_0000);
         assert_eq!(tag(h), 7);
         assert_eq!(head_offset(pack(u32::MAX, 0)), 0);
+        // Positions reach past 1 TiB; the tag wraps at 2^26.
+        let far = (1u64 << 40) + 4096;
+        assert_eq!(head_offset(pack(9, far)), far);
+        assert_eq!(tag(pack((1 << 26) - 1, far).wrapping_add(1 << 38)), 0);
     }
 
     #[test]

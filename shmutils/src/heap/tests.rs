@@ -503,14 +503,16 @@ fn attach_refuses_a_scribbled_header() {
     heap.header().arena_pages.store(1 << 40, Ordering::Relaxed);
     let types = TypeCache::new();
     // SAFETY: the test region outlives the attempt.
-    let again = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &types, None, None) };
+    let again =
+        unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &types, None, None, None) };
     match again {
         Err(Error::HeapCorrupt { what }) => assert!(what.contains("arena pages"), "{what}"),
         other => panic!("{other:?}"),
     }
     heap.header().magic.store(0, Ordering::Relaxed);
     // SAFETY: as above.
-    let again = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &types, None, None) };
+    let again =
+        unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &types, None, None, None) };
     assert!(matches!(again, Err(Error::HeapCorrupt { .. })));
 }
 
@@ -694,8 +696,9 @@ fn a_scribbled_type_table_gives_errors_never_another_type() {
     // A second process (a fresh type cache) that has not read the table yet.
     let fresh = TypeCache::new();
     // SAFETY: the region outlives the view.
-    let other = unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &fresh, None, None) }
-        .unwrap();
+    let other =
+        unsafe { SharedHeap::attach(heap.base, region_len(&heap), 64, &fresh, None, None, None) }
+            .unwrap();
     // A peer rewrites every entry's fingerprint to u64's.
     let table = heap.type_table();
     for e in table.entries.iter() {
