@@ -92,6 +92,35 @@ impl Child {
         }
     }
 
+    /// Waits for the child at most `limit`: its exit code (or `128 +
+    /// signal`), or, if it is still running then, kills it and says so.
+    pub fn wait_timeout(self, limit: std::time::Duration) -> Result<i32, String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let mut status = 0;
+            // SAFETY: a valid out-pointer; the pid is our unreaped child.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if r == self.pid {
+                std::mem::forget(self); // reaped: Drop must not signal the pid
+                return Ok(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+            let e = std::io::Error::last_os_error();
+            assert!(
+                r == 0 || e.kind() == std::io::ErrorKind::Interrupted,
+                "waitpid failed: {e}"
+            );
+            if std::time::Instant::now() >= deadline {
+                self.kill();
+                return Err(format!("hung: still running after {limit:?}, killed"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Sends `SIGKILL` and reaps the child.
     pub fn kill(self) -> i32 {
         // SAFETY: signalling our own child has no memory-safety effect.

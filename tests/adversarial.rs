@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shmutils::{MapFlags, MapProtections, MappedMemory, Mode, RelPtr, RelSlice, Segment, ShmFd};
-use shmutils_workspace::{fork, Child, ShmName};
+use shmutils_workspace::{fork, ShmName};
 
 /// Rounds of create, scribble, fork, exercise.
 const ROUNDS: u64 = 300;
@@ -594,34 +594,6 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
     0
 }
 
-/// Waits for `child` at most `limit`; kills it if it runs longer.
-fn wait_bounded(child: Child, limit: Duration) -> Result<i32, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut status = 0;
-        // SAFETY: a valid out-pointer; the pid is our unreaped child.
-        let r = unsafe { libc::waitpid(child.pid(), &mut status, libc::WNOHANG) };
-        if r == child.pid() {
-            std::mem::forget(child);
-            return Ok(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            });
-        }
-        assert!(
-            r == 0,
-            "waitpid failed: {}",
-            std::io::Error::last_os_error()
-        );
-        if Instant::now() >= deadline {
-            child.kill();
-            return Err(format!("hung: still running after {limit:?}, killed"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn round(index: u64) -> Result<(), String> {
     let seed = 0x5eed_0000_0000 + index;
     let mut rng = Rng(seed);
@@ -667,7 +639,7 @@ fn round(index: u64) -> Result<(), String> {
         }
     }
     go.write_all(&[1]).unwrap();
-    let outcome = wait_bounded(child, CHILD_LIMIT);
+    let outcome = child.wait_timeout(CHILD_LIMIT);
     let fail = |why: String| {
         Err(format!(
             "round {index} (seed {seed:#x}, segment of {size} bytes): {why}\n  scribbles:\n    {}",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shmutils::{AbsoluteMemory, Error, Lock, MapFlags, MapProtections, MappedMemory, Mode, ShmFd};
-use shmutils_workspace::{fork, Child, ShmName};
+use shmutils_workspace::{fork, ShmName};
 
 const RW: MapProtections = MapProtections::READ_WRITE;
 
@@ -163,31 +163,6 @@ fn inherited_mapping_keeps_its_address_in_a_forked_child() {
     assert_eq!(abs.at(100..106).unwrap(), b"forked");
 }
 
-/// Waits at most `limit` for `child`; a child still running then is killed
-/// and reported as hung.
-fn wait_bounded(child: Child, limit: Duration) -> Result<i32, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut status = 0;
-        // SAFETY: a valid out-pointer; the pid is our unreaped child.
-        let r = unsafe { libc::waitpid(child.pid(), &mut status, libc::WNOHANG) };
-        if r == child.pid() {
-            std::mem::forget(child); // reaped: its Drop must not signal the pid
-            return Ok(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            });
-        }
-        assert_eq!(r, 0, "waitpid: {}", std::io::Error::last_os_error());
-        if Instant::now() >= deadline {
-            child.kill();
-            return Err(format!("still running after {limit:?}, killed"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn is_mismatch<T: std::fmt::Debug>(r: shmutils::Result<T>) -> bool {
     matches!(r, Err(Error::TypeMismatch { .. }))
 }
@@ -304,7 +279,7 @@ fn a_child_forked_during_a_copy_is_not_stuck() {
                 let bytes = m.at(16..24);
                 i32::from(typed.is_err()) | i32::from(bytes.is_err()) << 1
             });
-            let outcome = wait_bounded(child, Duration::from_secs(20));
+            let outcome = child.wait_timeout(Duration::from_secs(20));
             if outcome != Ok(0) {
                 stop.store(true, Ordering::Relaxed);
                 panic!("round {round}: child {outcome:?}");
