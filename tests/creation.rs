@@ -1,8 +1,8 @@
 //! Segment creation that a crash cannot wedge: creators SIGKILLed at random
 //! points (500 kills, children racing on the same names), a killed
 //! taker-over, a live slow creator, a creator that never publishes,
-//! foreign objects, and the process's registry of mapped objects during a
-//! takeover.
+//! foreign objects, the process's registry of mapped objects during a
+//! takeover, and anonymous segments sealed against shrinking.
 //!
 //! The tests look at objects the way a peer does: `/dev/shm/NAME` read
 //! directly (the first eight bytes are the magic: "SHMUTSEG" published,
@@ -651,4 +651,57 @@ fn a_takeover_respects_this_processs_mappings() {
     }
     assert_eq!(object_size(&name), size as u64, "not truncated");
     assert_eq!(*seg.heap().get(p).unwrap(), 7);
+}
+
+#[test]
+fn an_anonymous_segment_cannot_be_shrunk_by_a_forked_child() {
+    let size = size();
+    let seg = Segment::anonymous(size).unwrap();
+    let fd = seg.memfd().expect("an anonymous segment has a memfd");
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GET_SEALS on a descriptor the segment keeps open.
+    let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
+    assert_eq!(seals, libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL);
+    let heap = seg.heap();
+    let child = fork(|| {
+        for len in [size as libc::off_t / 2, 0] {
+            // SAFETY: ftruncate on the inherited memfd; it must fail.
+            if unsafe { libc::ftruncate(raw, len) } == 0 {
+                return 1;
+            }
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+                return 2;
+            }
+        }
+        // SAFETY: as above; adding a seal must fail too (F_SEAL_SEAL).
+        if unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, libc::F_SEAL_GROW) } == 0 {
+            return 3;
+        }
+        // Still shared: the child's block is the parent's.
+        let p = heap.new(0xDEC0DE_u64).unwrap();
+        match heap.find_or_init::<shmutils::RelPtr<u64>>("from child", || p) {
+            Ok(_) => 0,
+            Err(_) => 4,
+        }
+    });
+    assert_eq!(child.wait(), 0);
+    // SAFETY: as above, in the parent.
+    assert_eq!(unsafe { libc::ftruncate(raw, 4096) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    let p = heap
+        .get(heap.find::<shmutils::RelPtr<u64>>("from child").unwrap())
+        .unwrap();
+    assert_eq!(*heap.get::<u64>(*p).unwrap(), 0xDEC0DE);
+    let file = File::from(seg.memfd().unwrap().try_clone_to_owned().unwrap());
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        size as u64,
+        "nobody shrank it"
+    );
+    assert_works(&seg, "anonymous");
+    let named = ShmName::new("named-fd");
+    assert!(Segment::create(&named, size).unwrap().memfd().is_none());
 }

@@ -62,7 +62,7 @@
 //! ```
 
 use std::mem::offset_of;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -70,8 +70,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::heap::layout::Geometry;
 use crate::heap::{self, SharedHeap, TypeCache};
-use crate::mmap::{MapFlags, MapProtections, MappedMemory};
-use crate::shm::{shm_unlink, FileLock, Mode, ShmFd};
+use crate::mmap::MappedMemory;
+use crate::shm::{self, shm_unlink, FileLock, Mode, ShmFd};
 use crate::sys;
 
 /// "SHMUTSEG", little-endian: the first eight bytes of every segment.
@@ -133,9 +133,10 @@ const _: () = assert!(std::mem::size_of::<SegmentHeader>() as u64 == HEADER_BYTE
 /// - A peer that is buggy, crashed half-way or hostile **can** make you
 ///   read wrong values, fill the heap, leak blocks, remove names, give you
 ///   typed errors (`HeapCorrupt`, `TypeMismatch`, `FreedObject`,
-///   `OwnerDied`, ...), shrink the object so that your next access to a
-///   lost page raises `SIGBUS`, make a segment's header read "being
-///   created" so that the
+///   `OwnerDied`, ...), shrink a named segment's object so that your next
+///   access to a lost page raises `SIGBUS` (named objects cannot be sealed;
+///   an [`anonymous`](Self::anonymous) segment is sealed against
+///   shrinking), make a segment's header read "being created" so that the
 ///   next [`open_or_create`](Self::open_or_create) creates it again (as
 ///   good as removing its name), and, by forging consistent bookkeeping,
 ///   make the heap hand one block to two owners.
@@ -170,6 +171,11 @@ pub struct Segment {
     /// `Some(fork generation)` of the process that asked to unlink on
     /// drop: a forked child's copy of the `Segment` leaves the name alone.
     unlink_on_drop: Option<u64>,
+    /// The sealed memfd of an anonymous segment; `None` for a named one.
+    /// Not handed to the heap for page reservations: like anonymous
+    /// memory, it lives on the kernel's internal mount, which has no size
+    /// of its own to run out of.
+    memfd: Option<OwnedFd>,
 }
 
 impl Segment {
@@ -275,22 +281,24 @@ impl Segment {
     }
 
     /// An unnamed segment of `size` bytes, shared with children forked
-    /// after this call (and nobody else).
+    /// after this call, and with any process its [`memfd`](Self::memfd) is
+    /// handed to.
+    ///
+    /// It lives in a `memfd_create` object sealed with `F_SEAL_SHRINK`
+    /// (and `F_SEAL_SEAL`, so the seals stay as they are): no process that
+    /// holds a descriptor of it, this one included, can shrink it, so no
+    /// peer can make an access to it raise `SIGBUS`. It is not sealed
+    /// against growing, which takes nothing from a mapping.
     ///
     /// # Errors
     /// As [`create`](Self::create), without the naming errors.
     pub fn anonymous(size: usize) -> Result<Segment> {
         Geometry::compute(size as u64, HEADER_BYTES)?;
-        let map = MappedMemory::new(
-            None,
-            size,
-            MapProtections::READ_WRITE,
-            MapFlags::SHARED,
-            None,
-        )?;
+        let memfd = shm::sealed_anonymous(size as u64)?;
+        let map = MappedMemory::for_memfd(size, memfd.as_fd())?;
         Segment::initialize(&map)?;
         let mut seg = Segment::from_mapping(map, None, true)?;
-        seg.created = true;
+        seg.memfd = Some(memfd);
         Ok(seg)
     }
 
@@ -455,12 +463,12 @@ impl Segment {
             what: "a mapping at address 0".to_owned(),
         })?;
         // SAFETY: the mapping is live, read-write, page-aligned and
-        // map.len() long, and all zero past the header (anonymous memory,
-        // or an object truncated to 0 and sized again); the segment is not
+        // map.len() long, and all zero past the header (a fresh memfd, or
+        // an object truncated to 0 and sized again); the segment is not
         // published (its magic is 0 or CREATING_MAGIC), so no peer maps it
         // (only the holder of the creation lock maps an unpublished object,
         // and that is us) and no other mapping of it exists in this process
-        // (anonymous memory, or the registry claim of create_locked).
+        // (a fresh memfd, or the registry claim of create_locked).
         unsafe { SharedHeap::format(base, map.len(), HEADER_BYTES)? };
         let mut id = [0u8; 8];
         sys::getrandom(&mut id).map_err(|e| Error::io("getrandom", e))?;
@@ -561,6 +569,7 @@ impl Segment {
             types,
             created,
             unlink_on_drop: None,
+            memfd: None,
         })
     }
 
@@ -611,6 +620,15 @@ impl Segment {
     /// creator died half-way ([`open_or_create`](Self::open_or_create)).
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// The descriptor of an anonymous segment's memfd, sealed against
+    /// shrinking (see [`anonymous`](Self::anonymous)); `None` for a named
+    /// segment. Another process that gets it (inherited across `exec`
+    /// once `FD_CLOEXEC` is cleared on a duplicate, or passed over a Unix
+    /// socket) can map the same memory, and cannot shrink it either.
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        self.memfd.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Removes the segment's name; mappings (this one and peers') stay

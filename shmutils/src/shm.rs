@@ -420,6 +420,28 @@ impl Drop for FileLock<'_> {
     }
 }
 
+/// An unnamed shared memory object of `size` bytes (`memfd_create`),
+/// sealed so that no process holding a descriptor of it, now or after a
+/// `fork` or a descriptor passing, can shrink it (`F_SEAL_SHRINK`) or
+/// change its seals (`F_SEAL_SEAL`). Growing stays allowed: it cannot
+/// take a page from under a mapping.
+///
+/// # Errors
+/// [`Error::Io`] from `memfd_create`, `ftruncate` or `fcntl`.
+pub(crate) fn sealed_anonymous(size: u64) -> Result<OwnedFd> {
+    let fd = sys::memfd_create_sealable(c"shmutils-anonymous")
+        .map_err(|e| Error::io("memfd_create of an anonymous segment", e))?;
+    sys::ftruncate(fd.as_fd(), size).map_err(|e| {
+        Error::io(
+            format!("ftruncate of an anonymous segment to {size} bytes"),
+            e,
+        )
+    })?;
+    sys::add_seals(fd.as_fd(), libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL)
+        .map_err(|e| Error::io("fcntl(F_ADD_SEALS) of an anonymous segment", e))?;
+    Ok(fd)
+}
+
 /// Removes a shared memory name. Open descriptors and mappings of the object
 /// stay valid; the memory is freed when the last one goes.
 ///

@@ -142,6 +142,27 @@ pub(crate) fn flock_unlock(fd: BorrowedFd<'_>) -> io::Result<()> {
     cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) }).map(drop)
 }
 
+/// `memfd_create(2)` with `MFD_CLOEXEC | MFD_ALLOW_SEALING`: an anonymous
+/// shared memory file of size 0 that accepts seals. `name` only labels it
+/// in `/proc/PID/fd`.
+pub(crate) fn memfd_create_sealable(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of
+    // the call; memfd_create has no other memory-safety preconditions.
+    let fd = cvt(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fcntl(fd, F_ADD_SEALS, seals)`: seals a memfd (`F_SEAL_SHRINK`, ...).
+/// Seals can never be removed.
+pub(crate) fn add_seals(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: the descriptor is borrowed, so it is open for the whole call;
+    // F_ADD_SEALS takes an int argument and touches no memory of ours.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
+}
+
 /// What `fstat(2)` tells about a shared memory object.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FileStat {

@@ -130,7 +130,7 @@ mod registry;
 mod typed;
 
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -392,6 +392,31 @@ impl MappedMemory {
             Some(fd),
             Registering::Claimed(claim),
         )
+    }
+
+    /// Maps all `len` bytes of an anonymous segment's memfd read-write and
+    /// shared. Like anonymous memory it is in no registry entry: no name
+    /// reaches the object, so nothing else in this process can map it
+    /// through the library.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero `len`; [`Error::Io`] when
+    /// `mmap` fails.
+    pub(crate) fn for_memfd(len: usize, fd: BorrowedFd<'_>) -> Result<MappedMemory> {
+        if len == 0 {
+            return Err(Error::InvalidArgument {
+                what: "a mapping needs a length above zero".to_owned(),
+            });
+        }
+        let prot = MapProtections::READ_WRITE;
+        // SAFETY: not MAP_FIXED: the mmap only creates a new mapping and
+        // replaces nothing.
+        let p = unsafe { sys::mmap(0, len, prot.bits(), MapFlags::SHARED.bits(), Some(fd), 0) }
+            .map_err(|e| Error::io(format!("mmap of {len} bytes of an anonymous segment"), e))?;
+        let ptr = NonNull::new(p).ok_or_else(|| Error::InvalidArgument {
+            what: "the kernel mapped address 0".to_owned(),
+        })?;
+        Ok(MappedMemory::unregistered(ptr, len, prot))
     }
 
     fn map(
