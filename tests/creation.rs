@@ -21,6 +21,8 @@ use shmutils_workspace::{fork, Child, ShmName};
 
 /// What the issue asks of a recovery: a working segment within 100 ms.
 const RECOVERY_BOUND: Duration = Duration::from_millis(100);
+/// Longer than any child of these tests runs, unless it hangs.
+const HANG: Duration = Duration::from_secs(10);
 
 fn size() -> usize {
     Segment::min_size().next_multiple_of(1 << 20)
@@ -342,7 +344,11 @@ fn killed_creators_never_wedge_a_name() {
             // Each child dies by its own timer, at most 1.5 ms into its
             // call.
             for (slot, child) in children {
-                assert_eq!(child.wait(), 128 + libc::SIGKILL, "slot {slot}");
+                assert_eq!(
+                    child.wait_timeout(HANG),
+                    Ok(128 + libc::SIGKILL),
+                    "slot {slot}"
+                );
                 let entered = racers[slot].entered.load(Ordering::SeqCst);
                 let left = racers[slot].left.load(Ordering::SeqCst);
                 where_killed[match (entered, left) {
@@ -426,7 +432,11 @@ fn a_live_slow_creator_is_waited_for() {
     assert_eq!(seg.creator_pid(), creator.pid() as u32);
     assert_eq!(seg.size(), size);
     assert_eq!(opener.join().unwrap().unwrap(), seg.id());
-    assert_eq!(creator.wait(), 0, "the creator published its own segment");
+    assert_eq!(
+        creator.wait_timeout(HANG),
+        Ok(0),
+        "the creator published its own segment"
+    );
     assert_works(&seg, "after a slow creator");
 }
 
@@ -644,7 +654,7 @@ fn a_takeover_respects_this_processs_mappings() {
         f.write_all_at(b"SHMUTNEW", 0).unwrap();
         0
     });
-    assert_eq!(peer.wait(), 0);
+    assert_eq!(peer.wait_timeout(HANG), Ok(0));
     match Segment::open_or_create(&name, size) {
         Err(Error::CorruptHeader { what, .. }) => assert!(what.contains("SHMUTNEW"), "{what}"),
         other => panic!("expected CorruptHeader, got {other:?}"),
@@ -684,7 +694,7 @@ fn an_anonymous_segment_cannot_be_shrunk_by_a_forked_child() {
             Err(_) => 4,
         }
     });
-    assert_eq!(child.wait(), 0);
+    assert_eq!(child.wait_timeout(HANG), Ok(0));
     // SAFETY: as above, in the parent.
     assert_eq!(unsafe { libc::ftruncate(raw, 4096) }, -1);
     assert_eq!(
