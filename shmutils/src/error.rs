@@ -142,6 +142,18 @@ pub enum Error {
         /// The first eight bytes found, little-endian.
         found: u64,
     },
+    /// The object is a segment whose creation never finished: its creator
+    /// (or a process that took the creation over) died before publishing
+    /// the header, and nobody is finishing it now.
+    /// [`Segment::open_or_create`](crate::Segment::open_or_create) creates
+    /// it again in place.
+    Unfinished {
+        /// The shared memory name.
+        name: String,
+        /// The process that was creating it, when it got as far as
+        /// recording itself (`None`: the object is still empty).
+        creator_pid: Option<u32>,
+    },
     /// The segment was written by a newer shmutils with a format this one
     /// cannot read.
     UnsupportedVersion {
@@ -358,6 +370,21 @@ impl fmt::Display for Error {
                 String::from_utf8_lossy(&crate::segment::SEGMENT_MAGIC.to_le_bytes()),
                 String::from_utf8_lossy(&found.to_le_bytes())
             ),
+            Error::Unfinished { name, creator_pid } => {
+                write!(
+                    f,
+                    "segment {name:?} was never finished: expected a published header, found "
+                )?;
+                match creator_pid {
+                    Some(pid) => write!(f, "one still being written by process {pid}")?,
+                    None => write!(f, "an empty object")?,
+                }
+                write!(
+                    f,
+                    ", and nobody is creating it any more (its creator died); \
+                     Segment::open_or_create creates it again"
+                )
+            }
             Error::UnsupportedVersion {
                 name,
                 found,

@@ -336,6 +336,61 @@ impl ShmFd {
         shm_unlink(&self.name)
     }
 
+    /// Reads up to `buf.len()` bytes at `offset` without mapping the object
+    /// (fewer past its end); returns how many were read.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `pread` fails.
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        sys::pread(self.fd.as_fd(), buf, offset)
+            .map_err(|e| Error::io(format!("pread of shared memory {:?}", self.name), e))
+    }
+
+    /// Writes all of `buf` at `offset` without mapping the object (growing
+    /// it if it ends before).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] for an `r` descriptor; [`Error::Io`] if `pwrite`
+    /// fails.
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.mode.is_writable() {
+            return Err(Error::ReadOnly);
+        }
+        sys::pwrite(self.fd.as_fd(), buf, offset)
+            .map_err(|e| Error::io(format!("pwrite of shared memory {:?}", self.name), e))
+    }
+
+    /// Takes the exclusive `flock` of this descriptor's open file
+    /// description if no other description holds a lock on the object;
+    /// `None` if one does. The lock goes when the guard drops, or when the
+    /// last descriptor of the description closes (so when its process
+    /// dies, whatever it was doing).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `flock` fails for another reason than contention.
+    pub(crate) fn try_lock(&self) -> Result<Option<FileLock<'_>>> {
+        let taken = sys::flock_try_exclusive(self.fd.as_fd())
+            .map_err(|e| Error::io(format!("flock of shared memory {:?}", self.name), e))?;
+        Ok(taken.then_some(FileLock { fd: self }))
+    }
+
+    /// Whether the name still designates this descriptor's object (it may
+    /// have been unlinked, or unlinked and created again, since it was
+    /// opened).
+    ///
+    /// # Errors
+    /// The errors of opening the name (other than [`Error::NotFound`],
+    /// which is `false`) and of `fstat`.
+    pub(crate) fn name_still_refers_here(&self) -> Result<bool> {
+        let now = match ShmFd::open(&self.name, Mode::ReadOnly) {
+            Ok(fd) => fd.stat()?,
+            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let here = self.stat()?;
+        Ok((now.dev, now.ino) == (here.dev, here.ino))
+    }
+
     /// `fstat` of the object: its size, permissions, owner and identity.
     pub(crate) fn stat(&self) -> Result<sys::FileStat> {
         sys::fstat(self.fd.as_fd())
@@ -347,6 +402,44 @@ impl AsFd for ShmFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// An exclusive `flock` on a [`ShmFd`]'s open file description, released
+/// when dropped.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard drops"]
+pub(crate) struct FileLock<'a> {
+    fd: &'a ShmFd,
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // An error here would mean the descriptor is not open, which the
+        // borrow rules out; closing it would release the lock anyway.
+        let _ = sys::flock_unlock(self.fd.fd.as_fd());
+    }
+}
+
+/// An unnamed shared memory object of `size` bytes (`memfd_create`),
+/// sealed so that no process holding a descriptor of it, now or after a
+/// `fork` or a descriptor passing, can shrink it (`F_SEAL_SHRINK`) or
+/// change its seals (`F_SEAL_SEAL`). Growing stays allowed: it cannot
+/// take a page from under a mapping.
+///
+/// # Errors
+/// [`Error::Io`] from `memfd_create`, `ftruncate` or `fcntl`.
+pub(crate) fn sealed_anonymous(size: u64) -> Result<OwnedFd> {
+    let fd = sys::memfd_create_sealable(c"shmutils-anonymous")
+        .map_err(|e| Error::io("memfd_create of an anonymous segment", e))?;
+    sys::ftruncate(fd.as_fd(), size).map_err(|e| {
+        Error::io(
+            format!("ftruncate of an anonymous segment to {size} bytes"),
+            e,
+        )
+    })?;
+    sys::add_seals(fd.as_fd(), libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL)
+        .map_err(|e| Error::io("fcntl(F_ADD_SEALS) of an anonymous segment", e))?;
+    Ok(fd)
 }
 
 /// Removes a shared memory name. Open descriptors and mappings of the object

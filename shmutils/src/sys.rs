@@ -65,6 +65,104 @@ pub(crate) fn fallocate(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()
     }
 }
 
+/// `pread(2)`: reads up to `buf.len()` bytes at `offset` (fewer at the end
+/// of the file); returns how many were read. Retries when a signal
+/// interrupts it.
+pub(crate) fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let at = libc::off_t::try_from(offset + filled as u64).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "offset does not fit off_t")
+        })?;
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes; the
+        // descriptor is borrowed, so it is open for the whole call.
+        let r = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+        match r {
+            0 => break,
+            r if r > 0 => filled += r as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(filled)
+}
+
+/// `pwrite(2)`: writes all of `buf` at `offset` (retrying short writes and
+/// interruptions).
+pub(crate) fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "offset does not fit off_t")
+        })?;
+        let rest = &buf[done..];
+        // SAFETY: `rest` is valid for reads of `rest.len()` bytes; the
+        // descriptor is borrowed, so it is open for the whole call.
+        let r = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), at) };
+        match r {
+            r if r > 0 => done += r as usize,
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: takes the exclusive advisory lock of
+/// the open file description behind `fd` if nobody else holds it. Returns
+/// whether it was taken (`false`: another open file description holds a
+/// lock on the file). The kernel drops the lock when the last descriptor
+/// of the description closes, so also when its process dies.
+pub(crate) fn flock_try_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        // SAFETY: the descriptor is borrowed, so it is open for the whole
+        // call; flock touches no memory of ours.
+        match cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `flock(fd, LOCK_UN)`: releases the lock [`flock_try_exclusive`] took.
+pub(crate) fn flock_unlock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the descriptor is borrowed, so it is open for the whole call.
+    cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) }).map(drop)
+}
+
+/// `memfd_create(2)` with `MFD_CLOEXEC | MFD_ALLOW_SEALING`: an anonymous
+/// shared memory file of size 0 that accepts seals. `name` only labels it
+/// in `/proc/PID/fd`.
+pub(crate) fn memfd_create_sealable(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of
+    // the call; memfd_create has no other memory-safety preconditions.
+    let fd = cvt(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fcntl(fd, F_ADD_SEALS, seals)`: seals a memfd (`F_SEAL_SHRINK`, ...).
+/// Seals can never be removed.
+pub(crate) fn add_seals(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: the descriptor is borrowed, so it is open for the whole call;
+    // F_ADD_SEALS takes an int argument and touches no memory of ours.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
+}
+
 /// What `fstat(2)` tells about a shared memory object.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FileStat {

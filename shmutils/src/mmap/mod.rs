@@ -130,7 +130,7 @@ mod registry;
 mod typed;
 
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -273,6 +273,23 @@ impl Drop for Region {
     }
 }
 
+/// A segment's entry in the process's registry of mapped objects, taken
+/// before its object is rewritten
+/// ([`MappedMemory::claim_sole_segment`]); dropping it leaves the registry.
+#[derive(Debug)]
+pub(crate) struct SegmentClaim {
+    registration: Registration,
+    table: Arc<Placements>,
+}
+
+/// How [`MappedMemory::map`] enters the registry (for a descriptor).
+enum Registering {
+    /// Registers now, in this role.
+    Role(Role),
+    /// Already registered (as a segment) by a claim.
+    Claimed(SegmentClaim),
+}
+
 /// A plain (relative) mapping; the same type as [`MappedMemory`].
 pub type RelativeMemory = MappedMemory;
 
@@ -308,7 +325,14 @@ impl MappedMemory {
         flags: MapFlags,
         fd: Option<&ShmFd>,
     ) -> Result<MappedMemory> {
-        MappedMemory::map(addr_hint, len, prot, flags, fd, Role::Raw)
+        MappedMemory::map(
+            addr_hint,
+            len,
+            prot,
+            flags,
+            fd,
+            Registering::Role(Role::Raw),
+        )
     }
 
     /// Maps all `len` bytes of `fd` read-write and shared, as a
@@ -325,8 +349,74 @@ impl MappedMemory {
             MapProtections::READ_WRITE,
             MapFlags::SHARED,
             Some(fd),
-            Role::Segment,
+            Registering::Role(Role::Segment),
         )
+    }
+
+    /// Takes a [`Segment`](crate::Segment)'s place in the process's
+    /// registry for `fd`'s object before the object is written from
+    /// scratch (truncated and initialized): from here until the claim is
+    /// dropped (or its mapping is), no raw mapping of the object can be
+    /// made in this process. `None` if a live segment of this process maps
+    /// the object already: rewriting it would change bytes under that
+    /// segment's references.
+    ///
+    /// # Errors
+    /// [`Error::InUseByRawMapping`] while live raw mappings of this
+    /// process map the object; [`Error::Io`] if `fstat` fails.
+    pub(crate) fn claim_sole_segment(fd: &ShmFd) -> Result<Option<SegmentClaim>> {
+        let stat = fd.stat()?;
+        let claimed = registry::register_only_segment(fd.name(), ObjectId::of(&stat))?;
+        Ok(claimed.map(|(registration, table)| SegmentClaim {
+            registration,
+            table,
+        }))
+    }
+
+    /// [`for_segment`](Self::for_segment) with the registry entry taken
+    /// beforehand by [`claim_sole_segment`](Self::claim_sole_segment) on
+    /// the same descriptor.
+    ///
+    /// # Errors
+    /// As [`for_segment`](Self::for_segment), without the registry's.
+    pub(crate) fn for_claimed_segment(
+        len: usize,
+        fd: &ShmFd,
+        claim: SegmentClaim,
+    ) -> Result<MappedMemory> {
+        MappedMemory::map(
+            None,
+            len,
+            MapProtections::READ_WRITE,
+            MapFlags::SHARED,
+            Some(fd),
+            Registering::Claimed(claim),
+        )
+    }
+
+    /// Maps all `len` bytes of an anonymous segment's memfd read-write and
+    /// shared. Like anonymous memory it is in no registry entry: no name
+    /// reaches the object, so nothing else in this process can map it
+    /// through the library.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero `len`; [`Error::Io`] when
+    /// `mmap` fails.
+    pub(crate) fn for_memfd(len: usize, fd: BorrowedFd<'_>) -> Result<MappedMemory> {
+        if len == 0 {
+            return Err(Error::InvalidArgument {
+                what: "a mapping needs a length above zero".to_owned(),
+            });
+        }
+        let prot = MapProtections::READ_WRITE;
+        // SAFETY: not MAP_FIXED: the mmap only creates a new mapping and
+        // replaces nothing.
+        let p = unsafe { sys::mmap(0, len, prot.bits(), MapFlags::SHARED.bits(), Some(fd), 0) }
+            .map_err(|e| Error::io(format!("mmap of {len} bytes of an anonymous segment"), e))?;
+        let ptr = NonNull::new(p).ok_or_else(|| Error::InvalidArgument {
+            what: "the kernel mapped address 0".to_owned(),
+        })?;
+        Ok(MappedMemory::unregistered(ptr, len, prot))
     }
 
     fn map(
@@ -335,7 +425,7 @@ impl MappedMemory {
         prot: MapProtections,
         flags: MapFlags,
         fd: Option<&ShmFd>,
-        role: Role,
+        registering: Registering,
     ) -> Result<MappedMemory> {
         let invalid = |what: &str| {
             Err(Error::InvalidArgument {
@@ -379,7 +469,12 @@ impl MappedMemory {
             }
             // Before mapping: a refused mapping is never made. Dropped (and
             // so undone) if the mmap below fails.
-            registered = Some(registry::register(fd.name(), ObjectId::of(&stat), role)?);
+            registered = Some(match registering {
+                Registering::Role(role) => {
+                    registry::register(fd.name(), ObjectId::of(&stat), role)?
+                }
+                Registering::Claimed(claim) => (claim.registration, claim.table),
+            });
             what = format!("shared memory {:?}", fd.name());
         } else {
             flags |= MapFlags::ANONYMOUS;

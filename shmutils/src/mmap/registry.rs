@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::forksafe::ForkSafe;
+use super::forksafe::{ForkSafe, Guard};
 use super::placements::Placements;
 use crate::error::{Error, Result};
 use crate::sys::FileStat;
@@ -105,7 +105,16 @@ pub(super) fn register(
     object: ObjectId,
     role: Role,
 ) -> Result<(Registration, Arc<Placements>)> {
-    let mut objects = OBJECTS.lock();
+    register_locked(&mut OBJECTS.lock(), name, object, role)
+}
+
+/// [`register`] under the registry's lock, held by the caller.
+fn register_locked(
+    objects: &mut Guard<'_, Objects>,
+    name: &str,
+    object: ObjectId,
+    role: Role,
+) -> Result<(Registration, Arc<Placements>)> {
     let table = match objects.get().get(&object) {
         Some(e) => {
             match role {
@@ -145,6 +154,29 @@ pub(super) fn register(
         }
     };
     Ok((Registration { object, role }, table))
+}
+
+/// Registers the mapping of a [`Segment`](crate::Segment) whose object is
+/// about to be (re)written from scratch, which is only sound if nothing in
+/// this process maps the object: `Ok(None)` if a live segment of this
+/// process maps it (only a peer's scribble makes a mapped segment look
+/// unfinished).
+///
+/// # Errors
+/// [`Error::InUseByRawMapping`] if live raw mappings of this process map
+/// it.
+pub(super) fn register_only_segment(
+    name: &str,
+    object: ObjectId,
+) -> Result<Option<(Registration, Arc<Placements>)>> {
+    // One lock: nothing can map the object between the check and the
+    // registration.
+    let mut objects = OBJECTS.lock();
+    if objects.get().get(&object).is_some_and(|e| e.segments > 0) {
+        return Ok(None);
+    }
+    // Refuses live raw mappings.
+    register_locked(&mut objects, name, object, Role::Segment).map(Some)
 }
 
 impl Drop for Registration {
@@ -203,6 +235,28 @@ mod tests {
         // A later mapping gets a fresh table.
         let (_c, tc) = register("/a", id, Role::Raw).unwrap();
         assert!(!Arc::ptr_eq(&ta, &tc));
+    }
+
+    #[test]
+    fn a_segment_rewritten_from_scratch_must_be_alone() {
+        let id = fake();
+        let (claim, _) = register_only_segment("/c", id).unwrap().unwrap();
+        assert_eq!(counts(id), Some((0, 1)));
+        // While claimed: no raw mapping, and no second claim.
+        assert!(matches!(
+            register("/c", id, Role::Raw),
+            Err(Error::InUseBySegment { .. })
+        ));
+        assert!(register_only_segment("/c", id).unwrap().is_none());
+        drop(claim);
+        assert_eq!(counts(id), None);
+        let (raw, _) = register("/c", id, Role::Raw).unwrap();
+        match register_only_segment("/c", id) {
+            Err(Error::InUseByRawMapping { name, mappings: 1 }) => assert_eq!(name, "/c"),
+            other => panic!("{other:?}"),
+        }
+        drop(raw);
+        assert_eq!(counts(id), None);
     }
 
     #[test]
