@@ -455,3 +455,44 @@ fn an_initializer_killed_mid_init_is_taken_over() {
     let r = heap.check();
     assert!(r.is_clean(), "{r}");
 }
+
+#[test]
+fn a_zombie_initializer_is_taken_over_within_100_ms() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let heap = seg.heap();
+    // The child dies inside its initializer and stays unreaped (a zombie:
+    // `kill(pid, 0)` still succeeds for it) until the end of the test.
+    let child = fork(move || {
+        let _ = heap.find_or_init("zombie", || -> u64 {
+            // SAFETY: the child kills itself; nothing runs after.
+            unsafe { libc::raise(libc::SIGKILL) };
+            unreachable!()
+        });
+        3
+    });
+    let stat = format!("/proc/{}/stat", child.pid());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        if s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.starts_with(" Z"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never became a zombie"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t = std::time::Instant::now();
+    let p = heap.find_or_init("zombie", || 42u64).unwrap();
+    let took = t.elapsed();
+    assert_eq!(*heap.get(p).unwrap(), 42, "our initializer ran");
+    assert!(
+        took < Duration::from_millis(100),
+        "took over after {took:?}"
+    );
+    assert_eq!(child.wait(), 128 + libc::SIGKILL);
+}

@@ -282,11 +282,15 @@ pub(crate) fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
-/// Whether a thread (or process) with kernel id `tid` exists.
+/// Whether a thread (or process) with kernel id `tid` exists and has not
+/// exited: the one liveness test of the crate (locks, the directory, the
+/// type table).
 ///
 /// `kill(tid, 0)` sends nothing; it fails with `ESRCH` once the id is gone
-/// and with `EPERM` when it belongs to another user (who is alive). Ids that
-/// cannot name a thread (0, or above `i32::MAX`) are reported dead.
+/// and with `EPERM` when it belongs to another user (who is alive). It
+/// still succeeds for a thread that exited but was not reaped yet (a
+/// zombie), so `/proc/TID/stat` is asked too. Ids that cannot name a thread
+/// (0, or above `i32::MAX`) are reported dead.
 pub(crate) fn thread_alive(tid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(tid) else {
         return false;
@@ -296,7 +300,8 @@ pub(crate) fn thread_alive(tid: u32) -> bool {
     }
     // SAFETY: signal 0 performs only the existence and permission check.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !thread_is_zombie(tid)
 }
 
 /// How a [`futex_wait`] ended.
