@@ -33,7 +33,10 @@ use std::sync::atomic::{
 ///   the library) and any mutation through `&Self` goes through atomics or a
 ///   lock (interior mutability that is sound across processes);
 /// - [`Shared::FINGERPRINT`] changes whenever the layout or meaning of the
-///   type changes (use [`Fingerprint`] over its name, fields and layout).
+///   type changes (use [`Fingerprint`] over its name, fields and layout),
+///   and two types with one fingerprint are interchangeable: same size and
+///   alignment, the same fields at the same offsets with the same interior
+///   mutability. The heap's typed reads treat them as one type.
 ///
 /// `#[derive(SharedStruct)]` implements it for `#[repr(C)]` structs whose
 /// fields are all `Shared`.

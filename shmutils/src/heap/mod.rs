@@ -35,6 +35,10 @@
 //!   class of each carved page, so any offset leads to its block in O(1).
 //! - **Named objects** live in a fixed directory of [`DIR_CAPACITY`]
 //!   entries, claimed by CAS ([`SharedHeap::find_or_init`]).
+//! - All-zero bookkeeping is an empty heap, so a new heap writes only its
+//!   header and stays sparse; pages are **reserved** in the backing object
+//!   (`fallocate`, in chunks) before the heap first writes them, so a full
+//!   file system is [`Error::NoSpace`], never a `SIGBUS`.
 //!
 //! No operation takes a lock, so no process can leave the heap blocked.
 //! Every change is a single CAS or store; a process killed between two of
