@@ -14,8 +14,9 @@ use std::process::Command;
 fn derive_rejections() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
-    // Not the derive's, but the same machinery: a relative mapping offers
-    // no absolute addressing, so using it does not compile.
+    // Not the derive's, but the same machinery: API misuse that must not
+    // compile (a relative mapping has no absolute addressing; a reentrant
+    // lock guard has no `DerefMut`).
     t.compile_fail("tests/ui-api/*.rs");
 }
 

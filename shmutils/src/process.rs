@@ -1,24 +1,37 @@
 //! The calling thread and process as the locks and the heap see them: the
-//! thread's kernel id, cached, and a fork generation that tells a forked
-//! child from its parent.
+//! thread's kernel id, cached; the thread's full identity (see
+//! [`ThreadIdentity`]); a registry of this process's live threads; and a
+//! fork generation that tells a forked child from its parent.
 //!
 //! One `pthread_atfork` child handler serves the whole crate: in the child
-//! it forgets the cached thread id (the child's only thread has a new one)
-//! and bumps the generation (so process-local caches know that what they
-//! hold belongs to the parent). It is registered without ever blocking —
+//! it forgets the cached thread id and identity (the child's only thread
+//! has new ones), empties the thread registry (the parent's threads do not
+//! exist here) and bumps the generation (so process-local caches know that
+//! what they hold belongs to the parent). It is registered without ever blocking —
 //! not with `Once`: a child forked while another thread was inside
 //! `call_once` would wait for that thread forever — and nothing is cached
 //! until it is registered.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::sys;
 
 thread_local! {
     /// This thread's kernel id, or 0 until known (and in a forked child).
     static TID: Cell<u32> = const { Cell::new(0) };
+    /// This thread's identity, or `tid == 0` until known (and in a child).
+    static IDENTITY: Cell<ThreadIdentity> = const { Cell::new(ThreadIdentity::UNKNOWN) };
+    /// Where this thread is registered; removes the entry at thread exit.
+    static REGISTRATION: Registration = const { Registration(Cell::new(None)) };
 }
+
+/// This process's id, or 0 until known (and in a forked child).
+static PID: AtomicU32 = AtomicU32::new(0);
+/// This process's start time in clock ticks since boot, or 0 until known.
+static PROCESS_START: AtomicU64 = AtomicU64::new(0);
+/// Hands out thread serials (23 bits, never 0).
+static NEXT_SERIAL: AtomicU32 = AtomicU32::new(1);
 
 /// Bumped in the child after every `fork`.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -35,6 +48,14 @@ const FAILED: u8 = 3;
 /// Runs in the child after `fork`, in the thread that forked.
 unsafe extern "C" fn after_fork_in_child() {
     let _ = TID.try_with(|t| t.set(0));
+    let _ = IDENTITY.try_with(|t| t.set(ThreadIdentity::UNKNOWN));
+    PID.store(0, Ordering::Relaxed);
+    PROCESS_START.store(0, Ordering::Relaxed);
+    // Only plain atomic stores: async-signal-safe, and no lock that a
+    // vanished parent thread might have held.
+    for slot in &THREADS {
+        slot.store(0, Ordering::Relaxed);
+    }
     GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -90,6 +111,185 @@ fn fetch_tid() -> u32 {
     tid
 }
 
+/// Who a lock holder is, beyond its reusable thread id: what a lock word's
+/// owner record holds (see `lock/word.rs`), computed once per thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ThreadIdentity {
+    /// Kernel thread id (at most 22 bits).
+    pub(crate) tid: u32,
+    /// Kernel process id (at most 22 bits).
+    pub(crate) pid: u32,
+    /// `start << 24 | serial << 1 | registered`: see [`ThreadIdentity::detail`].
+    pub(crate) detail: u64,
+}
+
+/// Bits of the start time kept in [`ThreadIdentity::detail`] (40 bits of
+/// 100 Hz ticks: 348 years of uptime).
+pub(crate) const START_BITS: u32 = 40;
+/// Bits of the serial kept in [`ThreadIdentity::detail`].
+pub(crate) const SERIAL_BITS: u32 = 23;
+
+impl ThreadIdentity {
+    const UNKNOWN: ThreadIdentity = ThreadIdentity {
+        tid: 0,
+        pid: 0,
+        detail: 0,
+    };
+
+    /// Packs the thread's start time (clock ticks since boot, 0 if
+    /// unknown), its serial in this process and whether it is registered.
+    pub(crate) const fn pack(start_ticks: u64, serial: u32, registered: bool) -> u64 {
+        (start_ticks & ((1 << START_BITS) - 1)) << 24
+            | ((serial & ((1 << SERIAL_BITS) - 1)) as u64) << 1
+            | registered as u64
+    }
+
+    /// The start time, in clock ticks since boot (truncated to 40 bits).
+    pub(crate) const fn start_ticks(detail: u64) -> u64 {
+        detail >> 24
+    }
+
+    /// The serial of the thread in its process.
+    pub(crate) const fn serial(detail: u64) -> u32 {
+        ((detail >> 1) & ((1 << SERIAL_BITS) - 1)) as u32
+    }
+
+    /// Whether the thread is in its process's registry.
+    pub(crate) const fn registered(detail: u64) -> bool {
+        detail & 1 != 0
+    }
+}
+
+/// The calling thread's identity, cached: computed once per thread (one
+/// read of `/proc`), and again in a forked child.
+#[inline]
+pub(crate) fn current_identity() -> ThreadIdentity {
+    let id = IDENTITY.with(Cell::get);
+    if id.tid != 0 {
+        return id;
+    }
+    fetch_identity()
+}
+
+#[cold]
+fn fetch_identity() -> ThreadIdentity {
+    let tid = current_tid();
+    let pid = current_pid();
+    let start = sys::own_thread_start_ticks();
+    let mut serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed) & ((1 << SERIAL_BITS) - 1);
+    if serial == 0 {
+        serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed) & ((1 << SERIAL_BITS) - 1);
+    }
+    let registered = register(tid, serial);
+    let id = ThreadIdentity {
+        tid,
+        pid,
+        detail: ThreadIdentity::pack(start, serial, registered),
+    };
+    if fork_handler_registered() {
+        IDENTITY.with(|c| c.set(id));
+    }
+    id
+}
+
+/// This process's id, cached (reset in a forked child).
+pub(crate) fn current_pid() -> u32 {
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    let pid = sys::getpid();
+    if fork_handler_registered() {
+        PID.store(pid, Ordering::Relaxed);
+    }
+    pid
+}
+
+/// This process's start time in clock ticks since boot (0 if `/proc`
+/// cannot tell), cached.
+pub(crate) fn process_start_ticks() -> u64 {
+    let t = PROCESS_START.load(Ordering::Relaxed);
+    if t != 0 {
+        return t;
+    }
+    let t = sys::own_process_start_ticks();
+    if fork_handler_registered() {
+        PROCESS_START.store(t, Ordering::Relaxed);
+    }
+    t
+}
+
+/// The registry of this process's live threads that took a lock: one
+/// entry `serial << 22 | tid` per thread, added before its first lock and
+/// removed by a thread-local destructor when it exits. A lock waiter of
+/// this process asks it whether an owner of this process still runs,
+/// exactly, even when the kernel gave the owner's tid to a new thread
+/// within the same clock tick. Full (more live threads than slots): the
+/// thread is not registered, and waiters fall back to `/proc`.
+const THREAD_SLOTS: usize = 4096;
+static THREADS: [AtomicU64; THREAD_SLOTS] = [const { AtomicU64::new(0) }; THREAD_SLOTS];
+
+fn entry(tid: u32, serial: u32) -> u64 {
+    u64::from(serial) << 22 | u64::from(tid)
+}
+
+/// Removes the thread's registry entry when the thread exits.
+struct Registration(Cell<Option<(usize, u64)>>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some((slot, e)) = self.0.get() {
+            // Release: the thread's every store (its lock's owner record
+            // included) happens-before a waiter's Acquire scan that sees the
+            // slot emptied. A failed exchange means a forked child emptied
+            // the table meanwhile.
+            let _ = THREADS[slot].compare_exchange(e, 0, Ordering::Release, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds the calling thread to the registry; false if it is full or the
+/// thread is exiting (its thread-locals are being destroyed).
+fn register(tid: u32, serial: u32) -> bool {
+    let e = entry(tid, serial);
+    let start = (tid as usize).wrapping_mul(0x9e37_79b9) % THREAD_SLOTS;
+    for i in 0..THREAD_SLOTS {
+        let slot = (start + i) % THREAD_SLOTS;
+        if THREADS[slot]
+            .compare_exchange(0, e, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let kept = REGISTRATION
+                .try_with(|r| {
+                    if let Some((old, old_e)) = r.0.replace(Some((slot, e))) {
+                        // A re-registration (in a forked child): drop the
+                        // parent's entry if it is still there.
+                        let _ = THREADS[old].compare_exchange(
+                            old_e,
+                            0,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                })
+                .is_ok();
+            if !kept {
+                THREADS[slot].store(0, Ordering::Relaxed);
+            }
+            return kept;
+        }
+    }
+    false
+}
+
+/// Whether the registered thread `(tid, serial)` of this process still
+/// runs (its entry is present).
+pub(crate) fn registered_thread_alive(tid: u32, serial: u32) -> bool {
+    let e = entry(tid, serial);
+    // Acquire: pairs with the Release removal in `Registration::drop`.
+    THREADS.iter().any(|s| s.load(Ordering::Acquire) == e)
+}
+
 /// The process's fork generation: different in a forked child than in its
 /// parent at the time of the fork.
 #[inline]
@@ -135,5 +335,30 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         assert_eq!(fork_generation(), generation, "the parent's is unchanged");
+    }
+
+    #[test]
+    fn identity_is_per_thread_and_the_registry_follows_thread_exit() {
+        let me = current_identity();
+        assert_eq!(me.tid, sys::gettid());
+        assert_eq!(me.pid, sys::getpid());
+        assert!(ThreadIdentity::registered(me.detail));
+        assert!(ThreadIdentity::start_ticks(me.detail) >= process_start_ticks());
+        assert_eq!(current_identity(), me);
+        let other = std::thread::spawn(current_identity).join().unwrap();
+        assert_ne!(other.detail, me.detail);
+        assert_ne!(
+            ThreadIdentity::serial(other.detail),
+            ThreadIdentity::serial(me.detail)
+        );
+        // `join` returns after the thread's destructors ran.
+        assert!(!registered_thread_alive(
+            other.tid,
+            ThreadIdentity::serial(other.detail)
+        ));
+        assert!(registered_thread_alive(
+            me.tid,
+            ThreadIdentity::serial(me.detail)
+        ));
     }
 }

@@ -1,98 +1,161 @@
-//! The futex lock word that [`RawLock`](super::RawLock) and
-//! [`RawRLock`](super::RawRLock) are built on: one `AtomicU32` in shared
-//! memory, and the calling thread's cached kernel id.
+//! The lock word that [`RawLock`](super::RawLock) and
+//! [`RawRLock`](super::RawRLock) are built on: a 64-bit state in shared
+//! memory (the futex sleeps on its low half) and, beside it, the record of
+//! who took it.
 //!
-//! # States
+//! # State
 //!
 //! ```text
-//!  bit 31    bit 30        bits 0..=29
-//! +--------+--------------+-------------------------------------------+
-//! |WAITERS | INCONSISTENT | owner's kernel thread id (tid)            |
-//! +--------+--------------+-------------------------------------------+
+//!  63       62            61               22..=60                0..=21
+//! +--------+-------------+----------------+----------------------+-------------+
+//! |WAITERS | INCONSISTENT| NOT_RECOVERABLE| epoch (39 bits)      | owner tid   |
+//! +--------+-------------+----------------+----------------------+-------------+
 //!
-//! value                        meaning                        who moves it on
-//! ---------------------------  -----------------------------  ---------------------------
-//! 0                            unlocked                       lock: CAS 0 -> tid
-//! tid                          locked, nobody sleeps          unlock: swap -> 0 (no wake)
-//!                                                             waiter: CAS -> tid|WAITERS
-//! tid|WAITERS                  locked, waiters may sleep      unlock: swap -> 0, wake 1
-//! tid|INCONSISTENT[|WAITERS]   locked by a thread that got    mark_consistent: clear bit
-//!                              OwnerDied, not repaired yet    unlock: -> NOT_RECOVERABLE
-//! NOT_RECOVERABLE[|WAITERS]    a repairer gave up; final      nothing (re-initialise)
-//! anything else (tid of a      owner died, or garbage         a waiter: CAS from the exact
-//! dead thread, tid 0 with                                     observed value ->
-//! flags, tid > PID_MAX_LIMIT)                                 me|INCONSISTENT|(WAITERS)
+//! state (E = epoch)            meaning                          who moves it on
+//! ---------------------------  -------------------------------  ----------------------------------
+//! E|0                          unlocked                         lock: CAS -> (E+1)|me, publish
+//! E|0 + INCONSISTENT           unlocked, but an owner died and  lock: CAS -> (E+1)|me|INCONSISTENT,
+//!                              nobody repaired the data yet       publish; caller gets OwnerDied
+//! E|tid                        locked, nobody sleeps            unlock: swap -> E|0 (no wake)
+//!                                                               waiter: CAS -> E|tid|WAITERS
+//! E|tid + WAITERS              locked, waiters may sleep        unlock: swap -> E|0, wake 1
+//! E|tid + INCONSISTENT[+W]     locked by an OwnerDied taker     mark_consistent: clear the bit
+//!                                                               unlock: swap -> E|0|INCONSISTENT
+//!                                                               give up: swap -> E|NOT_RECOVERABLE,
+//!                                                                 wake all
+//! E|tid[+flags], owner dead    see "Owner death" below          a waiter of another process: CAS
+//!                                                               from the exact value seen ->
+//!                                                               (E+1)|me|INCONSISTENT|(WAITERS)
+//! NOT_RECOVERABLE[+anything]   a holder gave up; final          nothing (re-initialise the lock)
 //! ```
 //!
-//! `NOT_RECOVERABLE` is `0x3fff_ffff`: a tid field no kernel hands out
-//! (tids are at most `PID_MAX_LIMIT` = 2^22).
+//! **Every acquisition moves the epoch on** (the fast path, the slow path
+//! and a takeover alike), so the state never takes the same value twice in
+//! 2^39 acquisitions: a compare-and-swap from a value a waiter examined
+//! fails if anyone took the lock since, even a thread that the kernel gave
+//! the examined owner's tid. The futex sleeps on the low 32 bits (the tid
+//! and the epoch's low 10 bits): every acquisition and every release
+//! changes them, the flags (high half) never need to.
 //!
-//! Uncontended `lock` is one CAS and `unlock` one load plus one swap; the
-//! futex is woken only when the swapped-out value had `WAITERS`. A waiter
-//! spins briefly (with a doubling gap between polls), then sets `WAITERS`
-//! and sleeps in `futex_wait` for at most [`SLICE`]; after a slice that ended without a wake it checks that
-//! the owner still exists, so a dead owner is noticed within one slice
-//! whether or not anyone was waiting when it died. A waiter that has slept
-//! takes the lock with `WAITERS` set (it cannot know whether others still
-//! sleep), which at worst costs one spare wake.
+//! # Owner record
+//!
+//! ```text
+//! owner   = tag (epoch's low 20 bits) << 44 | tid << 22 | pid
+//! detail  = start time (40 bits) << 24 | serial (23 bits) << 1 | registered
+//! ```
+//!
+//! Right after its CAS the new owner stores `detail`, then `owner`
+//! (Release). The record *belongs to* the state `s` when its tag and tid
+//! are those of `s`; otherwise it is an earlier owner's, and `s`'s owner
+//! is between its CAS and its publication (it has no guard yet), died
+//! there, or the bytes are garbage. The owner publishes before `lock`
+//! returns, so every handed-out guard has its record published.
+//!
+//! Who the owner is: its tid alone is not enough, the kernel recycles
+//! tids. `start` is the thread's start time (field 22 of
+//! `/proc/PID/task/TID/stat`, clock ticks since boot), which no later
+//! thread with the same tid shares, except one started within the same
+//! tick; `serial` numbers the threads of a process, and `registered` says
+//! that the thread is in its process's registry (`process.rs`), which a
+//! thread-local destructor updates when the thread exits: for owners of
+//! the caller's own process the answer is exact.
+//!
+//! # Owner death
+//!
+//! A waiter looks at the owner after each futex sleep that no release
+//! ended (at most [`SLICE`]), and at once in `try_lock` and when a
+//! `lock_timeout` expires. Liveness is asked of the kernel (`/proc`, or
+//! the registry for its own process's threads), and a thread whose death
+//! the kernel reports is taken to have made all its stores before it (the
+//! kernel's exit path and the system call that observes it are full
+//! barriers).
+//!
+//! - Record belongs to the state, owner alive (same pid, tid, start time,
+//!   and, in this process, a registered serial): wait.
+//! - Record belongs, owner dead, **a thread of another process**: take
+//!   over (CAS from the exact state examined), the caller gets `OwnerDied`
+//!   with the guard.
+//! - Record belongs, owner dead, **a thread of this process**: it exited
+//!   with its guard leaked, so a reference from it may still be in use
+//!   here. The word is left as it is and the caller gets `Abandoned`, no
+//!   guard: this process never gets the lock again while the record is
+//!   there (other processes, whose memory holds no such reference, may
+//!   still take it over).
+//! - Record does not belong: if no thread could be the owner (the tid is
+//!   free, a zombie, or its thread started after the waiter first saw this
+//!   state), the waiter reads the record once more (the owner may have
+//!   published just before it died) and judges that; if it still does not
+//!   belong, the owner died before it had a guard, and the waiter takes
+//!   over with `OwnerDied` (sound in any process). Otherwise it waits.
+//!
+//! Garbage reads the same way: a state with a tid that no live thread
+//! could own is a dead owner; one naming a live thread waits for it, as
+//! for any holder (`lock_timeout` bounds that).
 
 use std::hint::spin_loop;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::atomic::{Atom, Kernel, Liveness, Oracle, Owner};
 use super::LockError;
-pub(crate) use crate::process::current_tid;
-use crate::sys;
+pub(crate) use crate::process::current_identity;
+use crate::process::ThreadIdentity;
 
 /// Some thread may sleep in `futex_wait` on the word.
-pub(crate) const WAITERS: u32 = 1 << 31;
-/// The owner took the lock from a dead owner and has not repaired it yet.
-pub(crate) const INCONSISTENT: u32 = 1 << 30;
-/// The owner's tid.
-pub(crate) const TID_MASK: u32 = INCONSISTENT - 1;
-/// A repairer unlocked without `mark_consistent`: the lock is unusable.
-pub(crate) const NOT_RECOVERABLE: u32 = TID_MASK;
-/// Linux never hands out a tid above this (`PID_MAX_LIMIT`, 2^22).
-const PID_MAX_LIMIT: u32 = 1 << 22;
+pub(crate) const WAITERS: u64 = 1 << 63;
+/// An owner died and nobody has repaired the data yet (survives unlock).
+pub(crate) const INCONSISTENT: u64 = 1 << 62;
+/// A holder gave up repairing: the lock is unusable, for good.
+pub(crate) const NOT_RECOVERABLE: u64 = 1 << 61;
+/// The epoch: bumped by every acquisition.
+pub(crate) const EPOCH_MASK: u64 = ((1 << 39) - 1) << EPOCH_SHIFT;
+const EPOCH_SHIFT: u32 = 22;
+/// The owner's tid; 0 when unlocked. Linux tids are below
+/// `PID_MAX_LIMIT` = 2^22.
+pub(crate) const TID_MASK: u64 = (1 << 22) - 1;
+/// The pid field of the owner record.
+const PID_MASK: u64 = (1 << 22) - 1;
+/// Where the record keeps its tag (the epoch's low 20 bits).
+const TAG_SHIFT: u32 = 44;
 
 /// How long a blocked waiter sleeps before it checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
 /// How many times a contended `lock` polls the word before it sleeps
 /// (about 8 µs in all; measured in `benches/locks.rs`: polling every
 /// iteration halves contended throughput, not spinning at all triples the
-/// ping-pong round trip).
-const SPIN_ROUNDS: u32 = 12;
+/// ping-pong round trip). Loom explores one poll.
+const SPIN_ROUNDS: u32 = if cfg!(loom) { 1 } else { 12 };
 /// The longest gap between two polls, in `spin_loop` hints (~30 ns each).
 const MAX_GAP: u32 = 32;
 
-/// What a lock word says, read without trusting it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum State {
-    Unlocked,
-    NotRecoverable,
-    /// Owned by `tid` (which may be dead, or garbage).
-    Owned(u32),
+/// The state after `v` for a new acquisition: the next epoch, no flags, no
+/// owner.
+#[inline]
+fn next_epoch(v: u64) -> u64 {
+    (v & EPOCH_MASK).wrapping_add(1 << EPOCH_SHIFT) & EPOCH_MASK
 }
 
-pub(crate) fn classify(w: u32) -> State {
-    if w == 0 {
-        State::Unlocked
-    } else if w & !WAITERS == NOT_RECOVERABLE {
-        State::NotRecoverable
-    } else {
-        State::Owned(w & TID_MASK)
+/// The owner record that `tid` of `pid` publishes for state `v`.
+#[inline]
+fn record(v: u64, tid: u32, pid: u32) -> u64 {
+    ((v >> EPOCH_SHIFT) & ((1 << 20) - 1)) << TAG_SHIFT
+        | (u64::from(tid) & TID_MASK) << 22
+        | (u64::from(pid) & PID_MASK)
+}
+
+/// Whether `v` is unlocked and clean (the fast path's precondition).
+#[inline]
+fn clean_unlocked(v: u64) -> bool {
+    v & !EPOCH_MASK == 0
+}
+
+/// The calling thread as a record names it.
+fn owner_of_me(me: &ThreadIdentity) -> Owner {
+    Owner {
+        tid: me.tid,
+        pid: me.pid,
+        detail: me.detail,
     }
-}
-
-/// Whether `tid` cannot name any thread (0, or above `PID_MAX_LIMIT`).
-pub(crate) fn impossible_owner(tid: u32) -> bool {
-    tid == 0 || tid > PID_MAX_LIMIT
-}
-
-/// Whether the owner `tid` is gone: impossible, no such thread, or a
-/// zombie that has exited but was not reaped yet.
-fn owner_dead(tid: u32) -> bool {
-    impossible_owner(tid) || !sys::thread_alive(tid) || sys::thread_is_zombie(tid)
 }
 
 /// When a contended acquisition gives up.
@@ -106,53 +169,137 @@ pub(crate) enum Deadline {
     At(Instant),
 }
 
-/// The lock word itself.
-#[derive(Debug, Default)]
-#[repr(transparent)]
-pub(crate) struct Word(AtomicU32);
+impl Deadline {
+    /// The deadline `timeout` from now (`Never` if it overflows).
+    pub(crate) fn after(timeout: Duration) -> Deadline {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Deadline::Never, Deadline::At)
+    }
+}
 
-impl Word {
+/// What a waiter concludes about the owner of the state it examined.
+enum Verdict {
+    Alive,
+    /// Dead in another process, or dead before it had a guard: take over.
+    TakeOver,
+    /// Dead in this process with its guard leaked.
+    Abandoned,
+}
+
+/// The lock word: state and owner record.
+#[derive(Debug, Default)]
+#[repr(C)]
+pub(crate) struct Word<A = AtomicU64> {
+    state: A,
+    owner: A,
+    detail: A,
+}
+
+impl Word<AtomicU64> {
     pub(crate) const fn new() -> Word {
-        Word(AtomicU32::new(0))
+        Word {
+            state: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
+            detail: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes the lock for the calling thread, or says why not.
+    /// `Err(OwnerDied(()))` means the caller now holds it, inconsistent.
+    #[inline]
+    pub(crate) fn lock(&self, deadline: Deadline) -> Result<(), LockError<()>> {
+        let me = current_identity();
+        if self.try_fast(&me) {
+            return Ok(());
+        }
+        self.lock_slow(&me, &Kernel, deadline)
+    }
+
+    /// Whether the calling thread owns the word.
+    #[inline]
+    pub(crate) fn held_by_current_thread(&self) -> bool {
+        self.held_by(&current_identity())
     }
 
     #[cfg(test)]
-    pub(crate) fn atomic(&self) -> &AtomicU32 {
-        &self.0
+    pub(crate) fn state(&self) -> &AtomicU64 {
+        &self.state
+    }
+}
+
+impl<A: Atom> Word<A> {
+    /// The raw state (tests and `is_locked`).
+    pub(crate) fn load(&self) -> u64 {
+        self.state.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn load(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Whether `me` owns the word. Relaxed suffices: only `me` writes `me`
-    /// into it, and a thread always sees its own latest write.
-    pub(crate) fn held_by(&self, me: u32) -> bool {
-        classify(self.load()) == State::Owned(me)
-    }
-
-    /// The uncontended path: one CAS.
+    /// Stores who took the state `v`.
     #[inline]
-    pub(crate) fn try_fast(&self, me: u32) -> bool {
+    fn publish(&self, v: u64, me: &ThreadIdentity) {
+        self.detail.store(me.detail, Ordering::Relaxed);
+        // Release: a waiter that reads this record with Acquire (in
+        // `owner_of`) also sees the `detail` stored just above.
+        self.owner
+            .store(record(v, me.tid, me.pid), Ordering::Release);
+    }
+
+    /// The owner record if it belongs to the acquisition that produced `v`.
+    fn owner_of(&self, v: u64) -> Option<Owner> {
+        // Acquire: pairs with the Release store in `publish`.
+        let rec = self.owner.load(Ordering::Acquire);
+        let tid = v & TID_MASK;
+        if tid == 0 || rec != record(v, tid as u32, (rec & PID_MASK) as u32) {
+            return None;
+        }
+        Some(Owner {
+            tid: tid as u32,
+            pid: (rec & PID_MASK) as u32,
+            detail: self.detail.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Whether `me` owns the word. Relaxed loads suffice: if `me` owns it,
+    /// `me` wrote the state and the record itself, and a thread always
+    /// reads its own latest writes (or later ones, which another thread
+    /// could only make after a takeover, changing the state).
+    pub(crate) fn held_by(&self, me: &ThreadIdentity) -> bool {
+        let v = self.load();
+        v & TID_MASK == u64::from(me.tid)
+            && v & NOT_RECOVERABLE == 0
+            && self.owner_of(v) == Some(owner_of_me(me))
+    }
+
+    /// The uncontended path: one load, one CAS, two stores.
+    #[inline]
+    pub(crate) fn try_fast(&self, me: &ThreadIdentity) -> bool {
+        let v = self.state.load(Ordering::Relaxed);
+        if !clean_unlocked(v) {
+            return false;
+        }
+        let new = next_epoch(v) | u64::from(me.tid);
         // Acquire: pairs with the Release swap in `unlock`, so the previous
         // owner's critical section happens-before ours.
-        self.0
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        if self
+            .state
+            .compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-    }
-
-    /// Takes the lock for `me`, or says why not. `Err(OwnerDied(()))` means
-    /// `me` now holds it, marked inconsistent.
-    #[inline]
-    pub(crate) fn lock(&self, me: u32, deadline: Deadline) -> Result<(), LockError<()>> {
-        if self.try_fast(me) {
-            return Ok(());
+        {
+            self.publish(new, me);
+            true
+        } else {
+            false
         }
-        self.lock_slow(me, deadline)
     }
 
+    /// The contended path: spin, then sleep in slices, checking the owner.
     #[cold]
-    fn lock_slow(&self, me: u32, deadline: Deadline) -> Result<(), LockError<()>> {
+    pub(crate) fn lock_slow<O: Oracle>(
+        &self,
+        me: &ThreadIdentity,
+        oracle: &O,
+        deadline: Deadline,
+    ) -> Result<(), LockError<()>> {
         if !matches!(deadline, Deadline::Now) {
             // Adaptive spin: the owner is probably running and about to
             // release; a futex sleep/wake round trip costs far more. The gap
@@ -163,7 +310,7 @@ impl Word {
                     spin_loop();
                 }
                 let w = self.load();
-                if w == 0 && self.try_fast(me) {
+                if clean_unlocked(w) && self.try_fast(me) {
                     return Ok(());
                 }
                 if w & WAITERS != 0 {
@@ -175,36 +322,55 @@ impl Word {
         // try_lock looks at the owner at once; blocking calls after a slice.
         let mut check_owner = matches!(deadline, Deadline::Now);
         let mut attempts = 0u32;
+        // The state whose owner had not published, and when we first saw it.
+        let mut seen: Option<(u64, u64)> = None;
         loop {
             attempts = attempts.wrapping_add(1);
-            let w = self.load();
-            let tid = match classify(w) {
-                State::Unlocked => {
-                    let new = if slept { me | WAITERS } else { me };
-                    // Acquire: as in `try_fast`.
-                    if self
-                        .0
-                        .compare_exchange(0, new, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return Ok(());
-                    }
-                    if matches!(deadline, Deadline::Now) && attempts > 4 {
-                        return Err(LockError::WouldBlock);
-                    }
-                    continue;
-                }
-                State::NotRecoverable => return Err(LockError::NotRecoverable),
-                State::Owned(tid) => tid,
-            };
-            if tid == me {
-                return Err(LockError::WouldDeadlock);
+            // Acquire: reading a state written by an acquiring CAS makes the
+            // previous owner's `publish` and critical section (released by
+            // its unlock, whose release sequence the CAS continues) visible.
+            let v = self.state.load(Ordering::Acquire);
+            if v & NOT_RECOVERABLE != 0 {
+                return Err(LockError::NotRecoverable);
             }
-            if impossible_owner(tid) || (check_owner && owner_dead(tid)) {
-                if self.take_over(w, me) {
-                    return Err(LockError::OwnerDied(()));
+            if v & TID_MASK == 0 {
+                let new = next_epoch(v)
+                    | u64::from(me.tid)
+                    | (v & INCONSISTENT)
+                    | if slept { WAITERS } else { 0 };
+                // Acquire: as in `try_fast`.
+                if self
+                    .state
+                    .compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.publish(new, me);
+                    return if v & INCONSISTENT != 0 {
+                        Err(LockError::OwnerDied(()))
+                    } else {
+                        Ok(())
+                    };
+                }
+                if matches!(deadline, Deadline::Now) && attempts > 4 {
+                    return Err(LockError::WouldBlock);
                 }
                 continue;
+            }
+            let owner = self.owner_of(v);
+            if owner == Some(owner_of_me(me)) {
+                return Err(LockError::WouldDeadlock);
+            }
+            if check_owner {
+                match self.judge(v, owner, me, oracle, &mut seen) {
+                    Verdict::Alive => {}
+                    Verdict::Abandoned => return Err(LockError::Abandoned),
+                    Verdict::TakeOver => {
+                        if self.take_over(v, me) {
+                            return Err(LockError::OwnerDied(()));
+                        }
+                        continue;
+                    }
+                }
             }
             check_owner = attempts % 16 == 0; // also after many early wakes
             let timeout = match deadline {
@@ -213,97 +379,134 @@ impl Word {
                 Deadline::At(at) => {
                     let now = Instant::now();
                     if now >= at {
-                        if owner_dead(tid) && self.take_over(w, me) {
-                            return Err(LockError::OwnerDied(()));
+                        match self.judge(v, owner, me, oracle, &mut seen) {
+                            Verdict::Alive => {}
+                            Verdict::Abandoned => return Err(LockError::Abandoned),
+                            Verdict::TakeOver => {
+                                if self.take_over(v, me) {
+                                    return Err(LockError::OwnerDied(()));
+                                }
+                            }
                         }
                         return Err(LockError::TimedOut);
                     }
                     SLICE.min(at - now)
                 }
             };
-            if w & WAITERS == 0
+            if v & WAITERS == 0
                 && self
-                    .0
-                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .state
+                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
                     .is_err()
             {
                 continue;
             }
             slept = true;
-            if sys::futex_wait(&self.0, w | WAITERS, Some(timeout)) == sys::FutexWait::TimedOut {
+            if self.state.wait_low(v as u32, timeout) {
                 check_owner = true;
             }
         }
     }
 
-    /// Takes over from a dead owner: CAS from the exact value observed, so
-    /// of several waiters that saw the same death only one wins. Keeps
-    /// `WAITERS` so that our unlock wakes the others.
-    fn take_over(&self, observed: u32, me: u32) -> bool {
-        let new = me | INCONSISTENT | (observed & WAITERS);
-        // Acquire: whatever the dead owner managed to publish is visible to
-        // the repairer.
-        self.0
+    /// Decides about the owner of the locked state `v` (see "Owner death"
+    /// in the module docs). `seen` remembers since when `v` has been seen
+    /// without a record of its own.
+    fn judge<O: Oracle>(
+        &self,
+        v: u64,
+        owner: Option<Owner>,
+        me: &ThreadIdentity,
+        oracle: &O,
+        seen: &mut Option<(u64, u64)>,
+    ) -> Verdict {
+        let by_record = |o: Owner| match oracle.owner(o, me) {
+            Liveness::Alive => Verdict::Alive,
+            Liveness::DeadHere => Verdict::Abandoned,
+            Liveness::DeadElsewhere => Verdict::TakeOver,
+        };
+        if let Some(o) = owner {
+            return by_record(o);
+        }
+        let since = match *seen {
+            Some((state, at)) if state == v => at,
+            _ => {
+                let at = oracle.now();
+                *seen = Some((v, at));
+                at
+            }
+        };
+        if oracle.tid_could_own((v & TID_MASK) as u32, since) {
+            return Verdict::Alive;
+        }
+        // The owner is gone. Had it published before it died, its record
+        // is visible now (its death orders its stores before our look).
+        match self.owner_of(v) {
+            Some(o) => by_record(o),
+            // It died between its CAS and `publish`: it never had a guard.
+            None => Verdict::TakeOver,
+        }
+    }
+
+    /// Takes over from a dead owner: CAS from the exact state examined, so
+    /// of several waiters that saw the same death only one wins, and none
+    /// wins if anyone acquired since (the epoch moved). Keeps `WAITERS` so
+    /// that our unlock wakes the others.
+    fn take_over(&self, observed: u64, me: &ThreadIdentity) -> bool {
+        let new = next_epoch(observed) | u64::from(me.tid) | INCONSISTENT | (observed & WAITERS);
+        // Acquire: whatever the dead owner's critical section published (see
+        // the module docs on death and ordering) is visible to the repairer.
+        if self
+            .state
             .compare_exchange(observed, new, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-    }
-
-    /// Marks the lock as taken over from a dead owner (the caller holds it).
-    pub(crate) fn set_inconsistent(&self) {
-        self.0.fetch_or(INCONSISTENT, Ordering::Relaxed);
-    }
-
-    /// Clears `INCONSISTENT` (the caller holds the lock). Relaxed: only the
-    /// owner reads the bit, and `unlock`'s Release publishes it.
-    pub(crate) fn mark_consistent(&self) {
-        self.0.fetch_and(!INCONSISTENT, Ordering::Relaxed);
-    }
-
-    /// Whether the holder has not repaired the lock yet.
-    pub(crate) fn is_inconsistent(&self) -> bool {
-        let w = self.load();
-        matches!(classify(w), State::Owned(_)) && w & INCONSISTENT != 0
-    }
-
-    /// Releases the lock if `me` holds it; does nothing otherwise (a guard
-    /// inherited by a forked child, whose thread id differs). The same one
-    /// load as `unlock`, plus a compare.
-    #[inline]
-    pub(crate) fn unlock_if_held_by(&self, me: u32) {
-        let w = self.load();
-        if classify(w) == State::Owned(me) {
-            self.unlock_observed(w);
+        {
+            self.publish(new, me);
+            true
+        } else {
+            false
         }
     }
 
-    /// Releases the lock held by the caller; an inconsistent lock becomes
-    /// not recoverable instead.
+    /// Clears `INCONSISTENT` (the caller holds the lock). Relaxed: the bit
+    /// is read by the next owner after our Release unlock.
+    pub(crate) fn mark_consistent(&self) {
+        self.state.fetch_and(!INCONSISTENT, Ordering::Relaxed);
+    }
+
+    /// Whether the lock is marked inconsistent (meaningful to its holder).
+    pub(crate) fn is_inconsistent(&self) -> bool {
+        let v = self.load();
+        v & INCONSISTENT != 0 && v & NOT_RECOVERABLE == 0
+    }
+
+    /// Releases the lock held by the caller. An inconsistent lock stays
+    /// inconsistent: the next locker gets `OwnerDied`.
     #[inline]
     pub(crate) fn unlock(&self) {
-        self.unlock_observed(self.load());
-    }
-
-    /// `unlock`, given the word the owner just read.
-    #[inline]
-    fn unlock_observed(&self, w: u32) {
-        // Only the owner sets or clears INCONSISTENT, and we own the word.
-        if w & INCONSISTENT != 0 {
-            return self.give_up();
-        }
+        let v = self.state.load(Ordering::Relaxed);
+        // Only the owner changes the epoch, the tid and INCONSISTENT, and we
+        // own the word; waiters only add WAITERS, which the swap reports.
         // Release: publishes our critical section to the next Acquire CAS.
-        if self.0.swap(0, Ordering::Release) & WAITERS != 0 {
-            sys::futex_wake(&self.0, 1);
+        if self
+            .state
+            .swap(v & (EPOCH_MASK | INCONSISTENT), Ordering::Release)
+            & WAITERS
+            != 0
+        {
+            self.state.wake(1);
         }
     }
 
-    /// The holder of an inconsistent lock released it without repairing:
-    /// the lock is final, and every waiter must hear so.
+    /// The holder gives up repairing: the lock becomes not recoverable,
+    /// and every waiter must hear so.
     #[cold]
-    fn give_up(&self) {
-        // Release: orders our writes before the state every later `lock`
-        // reads (they only report it, but keep it tidy).
-        self.0.swap(NOT_RECOVERABLE, Ordering::Release);
-        sys::futex_wake(&self.0, u32::MAX);
+    pub(crate) fn give_up(&self) {
+        let v = self.state.load(Ordering::Relaxed);
+        // Release: orders our writes before the final state (later lockers
+        // only report it, but keep it tidy).
+        self.state
+            .swap((v & EPOCH_MASK) | NOT_RECOVERABLE, Ordering::Release);
+        self.state.wake(u32::MAX);
     }
 }
 
@@ -311,150 +514,467 @@ impl Word {
 mod tests {
     use super::*;
 
-    fn word(v: u32) -> Word {
-        Word(AtomicU32::new(v))
-    }
-
-    #[test]
-    fn classify_states() {
-        assert_eq!(classify(0), State::Unlocked);
-        assert_eq!(classify(42), State::Owned(42));
-        assert_eq!(classify(42 | WAITERS | INCONSISTENT), State::Owned(42));
-        assert_eq!(classify(NOT_RECOVERABLE), State::NotRecoverable);
-        assert_eq!(classify(NOT_RECOVERABLE | WAITERS), State::NotRecoverable);
-        // INCONSISTENT with an impossible tid is garbage, not "final".
-        assert_eq!(
-            classify(NOT_RECOVERABLE | INCONSISTENT),
-            State::Owned(TID_MASK)
-        );
-        assert_eq!(classify(WAITERS), State::Owned(0));
-        assert!(impossible_owner(0));
-        assert!(impossible_owner(PID_MAX_LIMIT + 1));
-        assert!(impossible_owner(NOT_RECOVERABLE));
-        assert!(!impossible_owner(1));
-    }
-
-    #[test]
-    fn tid_is_cached_and_matches_the_kernel() {
-        let t = current_tid();
-        assert_eq!(t, sys::gettid());
-        assert_eq!(current_tid(), t);
-        let other = std::thread::spawn(current_tid).join().unwrap();
-        assert_ne!(other, t);
-    }
-
-    #[test]
-    fn uncontended_lock_unlock() {
+    fn word(state: u64) -> Word {
         let w = Word::new();
-        let me = current_tid();
-        w.lock(me, Deadline::Never).unwrap();
-        assert_eq!(w.load(), me);
-        assert!(w.held_by(me));
-        assert_eq!(w.lock(me, Deadline::Now), Err(LockError::WouldDeadlock));
-        w.unlock();
-        assert_eq!(w.load(), 0);
+        w.state.store(state, Ordering::Relaxed);
+        w
+    }
+
+    fn me() -> ThreadIdentity {
+        current_identity()
+    }
+
+    fn tid_of(w: &Word) -> u32 {
+        (w.load() & TID_MASK) as u32
     }
 
     #[test]
-    fn waiters_bit_survives_until_unlock() {
-        let w = word(current_tid() | WAITERS);
-        w.unlock();
-        assert_eq!(w.load(), 0);
+    fn epochs_and_records() {
+        assert_eq!(next_epoch(0), 1 << 22);
+        assert_eq!(
+            next_epoch(EPOCH_MASK | WAITERS | 5),
+            0,
+            "wraps, drops flags"
+        );
+        let v = next_epoch(7 << 22) | 42;
+        let r = record(v, 42, 99);
+        assert_eq!(r >> TAG_SHIFT, 8);
+        assert_eq!((r >> 22) & TID_MASK, 42);
+        assert_eq!(r & PID_MASK, 99);
+        assert!(clean_unlocked(EPOCH_MASK));
+        assert!(!clean_unlocked(INCONSISTENT));
+        assert!(!clean_unlocked(1));
     }
 
     #[test]
-    fn garbage_owner_is_a_dead_owner() {
-        let me = current_tid();
-        for garbage in [WAITERS, INCONSISTENT, PID_MAX_LIMIT + 7, !WAITERS, u32::MAX] {
-            let w = word(garbage);
-            let r = w.lock(me, Deadline::Never);
-            if classify(garbage) == State::NotRecoverable {
-                assert_eq!(r, Err(LockError::NotRecoverable), "{garbage:#x}");
-                continue;
-            }
-            assert_eq!(r, Err(LockError::OwnerDied(())), "{garbage:#x}");
-            assert_eq!(w.load() & (TID_MASK | INCONSISTENT), me | INCONSISTENT);
-            assert_eq!(w.load() & WAITERS, garbage & WAITERS, "waiters kept");
+    fn uncontended_lock_unlock_moves_the_epoch() {
+        let w = Word::new();
+        let me = me();
+        for round in 1..=3u64 {
+            w.lock(Deadline::Never).unwrap();
+            assert_eq!(w.load(), round << 22 | u64::from(me.tid));
+            assert!(w.held_by(&me));
+            assert_eq!(w.lock(Deadline::Now), Err(LockError::WouldDeadlock));
+            w.unlock();
+            assert_eq!(w.load(), round << 22);
+            assert!(!w.held_by(&me));
+        }
+    }
+
+    #[test]
+    fn waiters_bit_is_dropped_by_unlock() {
+        let w = Word::new();
+        w.lock(Deadline::Never).unwrap();
+        w.state.fetch_or(WAITERS, Ordering::Relaxed);
+        w.unlock();
+        assert_eq!(w.load(), 1 << 22);
+    }
+
+    #[test]
+    fn an_unrepaired_lock_stays_inconsistent_for_the_next_locker() {
+        let w = word(INCONSISTENT);
+        assert_eq!(w.lock(Deadline::Never), Err(LockError::OwnerDied(())));
+        assert!(w.is_inconsistent());
+        w.unlock();
+        assert_eq!(w.load(), INCONSISTENT | 1 << 22);
+        assert_eq!(w.lock(Deadline::Now), Err(LockError::OwnerDied(())));
+        w.mark_consistent();
+        w.unlock();
+        assert_eq!(w.lock(Deadline::Now), Ok(()));
+        w.give_up();
+        assert_eq!(w.load() & NOT_RECOVERABLE, NOT_RECOVERABLE);
+        assert_eq!(w.lock(Deadline::Never), Err(LockError::NotRecoverable));
+        assert_eq!(w.lock(Deadline::Now), Err(LockError::NotRecoverable));
+    }
+
+    #[test]
+    fn a_free_tid_without_a_record_is_a_dead_owner() {
+        // tid 0x3f_fff0 is above this machine's pid_max in practice; if a
+        // thread has it, it started after we looked and cannot own.
+        for state in [
+            0x3f_fff0,
+            WAITERS | 0x3f_fff0,
+            5 << 22 | 0x3f_fff0 | INCONSISTENT,
+        ] {
+            let w = word(state);
+            assert_eq!(
+                w.lock(Deadline::Now),
+                Err(LockError::OwnerDied(())),
+                "{state:#x}"
+            );
+            assert_eq!(tid_of(&w), me().tid);
+            assert_eq!(w.load() & WAITERS, state & WAITERS, "waiters kept");
+            assert!(w.is_inconsistent());
+            assert!(w.held_by(&me()));
             w.mark_consistent();
             w.unlock();
-            assert_eq!(w.load(), 0);
+            assert!(clean_unlocked(w.load()));
         }
     }
 
     #[test]
-    fn dead_thread_owner_is_taken_over_by_try_lock() {
-        let dead = std::thread::spawn(sys::gettid).join().unwrap();
-        let w = word(dead);
-        let me = current_tid();
-        // `join` returns when the thread has cleared its tid word, a moment
-        // before the kernel releases the tid; until then the owner still
-        // exists and try_lock rightly says WouldBlock.
-        let started = Instant::now();
-        let r = loop {
-            match w.lock(me, Deadline::Now) {
-                Err(LockError::WouldBlock) if started.elapsed() < Duration::from_secs(2) => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                r => break r,
-            }
-        };
-        assert_eq!(r, Err(LockError::OwnerDied(())));
-        assert!(w.is_inconsistent());
-        // Unlocking without repair is final.
-        w.unlock();
-        assert_eq!(w.load(), NOT_RECOVERABLE);
-        assert_eq!(w.lock(me, Deadline::Never), Err(LockError::NotRecoverable));
-        assert_eq!(w.lock(me, Deadline::Now), Err(LockError::NotRecoverable));
-    }
-
-    #[test]
-    fn live_owner_blocks_try_and_times_out() {
+    fn a_live_owner_blocks_try_and_times_out() {
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let h = std::thread::spawn(move || {
-            tx.send(current_tid()).unwrap();
-            done_rx.recv().unwrap();
+        let w = Word::new();
+        std::thread::scope(|s| {
+            let w = &w;
+            s.spawn(move || {
+                w.lock(Deadline::Never).unwrap();
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+                w.unlock();
+            });
+            rx.recv().unwrap();
+            assert_eq!(w.lock(Deadline::Now), Err(LockError::WouldBlock));
+            let t0 = Instant::now();
+            let asked = Duration::from_millis(20);
+            assert_eq!(w.lock(Deadline::At(t0 + asked)), Err(LockError::TimedOut));
+            assert!(t0.elapsed() >= asked);
+            done_tx.send(()).unwrap();
+            assert_eq!(w.lock(Deadline::Never), Ok(()));
+            w.unlock();
         });
-        let owner = rx.recv().unwrap();
-        let w = word(owner);
-        let me = current_tid();
-        assert_eq!(w.lock(me, Deadline::Now), Err(LockError::WouldBlock));
-        let t0 = Instant::now();
-        let asked = Duration::from_millis(20);
-        assert_eq!(
-            w.lock(me, Deadline::At(t0 + asked)),
-            Err(LockError::TimedOut)
-        );
-        assert!(t0.elapsed() >= asked);
-        assert_eq!(w.load() & TID_MASK, owner, "the owner keeps the lock");
-        done_tx.send(()).unwrap();
-        h.join().unwrap();
-        // Now the owner has exited: the next lock takes over.
-        assert_eq!(w.lock(me, Deadline::Never), Err(LockError::OwnerDied(())));
     }
 
     #[test]
-    fn forked_child_gets_its_own_tid() {
-        let parent = current_tid();
-        let mut fds = [0; 2];
-        // SAFETY: test-only raw libc calls: a pipe, a fork whose child only
-        // computes its tid, writes it and _exits.
-        unsafe {
-            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
-            let pid = libc::fork();
-            assert!(pid >= 0);
-            if pid == 0 {
-                let t = current_tid();
-                let ok = t == sys::gettid() && t != parent;
-                libc::write(fds[1], [ok as u8].as_ptr().cast(), 1);
-                libc::_exit(0);
-            }
-            let mut b = [0u8];
-            assert_eq!(libc::read(fds[0], b.as_mut_ptr().cast(), 1), 1);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-            assert_eq!(b[0], 1, "child's cached tid is its own");
+    fn a_thread_of_this_process_that_exits_holding_is_abandoned_not_recovered() {
+        let w = std::sync::Arc::new(Word::new());
+        let w2 = w.clone();
+        // `join` returns once the thread is gone, destructors run.
+        std::thread::spawn(move || w2.lock(Deadline::Never).unwrap())
+            .join()
+            .unwrap();
+        let before = w.load();
+        assert_eq!(w.lock(Deadline::Now), Err(LockError::Abandoned));
+        assert_eq!(w.lock(Deadline::Never), Err(LockError::Abandoned));
+        assert_eq!(
+            w.lock(Deadline::At(Instant::now() + Duration::from_millis(1))),
+            Err(LockError::Abandoned)
+        );
+        assert_eq!(
+            w.load() & !WAITERS,
+            before,
+            "the word is left to the dead owner"
+        );
+    }
+
+    #[test]
+    fn the_owner_record_separates_threads_that_share_a_tid() {
+        // A record of "our tid, another thread" (a dead predecessor with the
+        // same tid, of another process): not ours, and dead.
+        let me = me();
+        let w = word(3 << 22 | u64::from(me.tid));
+        let impostor = ThreadIdentity {
+            tid: me.tid,
+            pid: 0x3f_fff1,
+            detail: ThreadIdentity::pack(1, 1, false),
+        };
+        w.publish(w.load(), &impostor);
+        assert!(!w.held_by(&me));
+        assert_eq!(w.lock(Deadline::Now), Err(LockError::OwnerDied(())));
+        assert!(w.held_by(&me));
+        w.mark_consistent();
+        w.unlock();
+    }
+}
+
+/// Model checks of the protocol with `loom` (`RUSTFLAGS="--cfg loom"
+/// cargo test -p shmutils --release --lib loom`): every interleaving of
+/// the threads below, within loom's preemption bound, for the parts of the
+/// protocol that run in one process. The futex only yields and liveness is
+/// scripted per identity.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::{AtomicBool, AtomicU64 as LoomU64};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    type LoomWord = Word<LoomU64>;
+
+    fn new_word(state: u64) -> LoomWord {
+        Word {
+            state: LoomU64::new(state),
+            owner: LoomU64::new(0),
+            detail: LoomU64::new(0),
         }
+    }
+
+    /// Thread `i` of the model: tid `i + 1`, in process 1 (or 2 for
+    /// "another process").
+    fn ident(i: u32, pid: u32) -> ThreadIdentity {
+        ThreadIdentity {
+            tid: i + 1,
+            pid,
+            detail: ThreadIdentity::pack(100 + u64::from(i), i + 1, true),
+        }
+    }
+
+    /// Liveness scripted per model thread: `alive[i]` for the thread with
+    /// serial `i + 1`, whose tid is `tids[i]`.
+    struct Script {
+        alive: Vec<AtomicBool>,
+        tids: Vec<u32>,
+    }
+
+    impl Script {
+        fn new(n: usize) -> Arc<Script> {
+            Self::with_tids((1..=n as u32).collect())
+        }
+        fn with_tids(tids: Vec<u32>) -> Arc<Script> {
+            Arc::new(Script {
+                alive: tids.iter().map(|_| AtomicBool::new(true)).collect(),
+                tids,
+            })
+        }
+        fn die(&self, i: usize) {
+            self.alive[i].store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl Oracle for Script {
+        fn owner(&self, o: Owner, me: &ThreadIdentity) -> Liveness {
+            let i = ThreadIdentity::serial(o.detail) as usize - 1;
+            let alive = self.alive.get(i).is_some_and(|a| a.load(Ordering::SeqCst));
+            match (alive, o.pid == me.pid) {
+                (true, _) => Liveness::Alive,
+                (false, true) => Liveness::DeadHere,
+                (false, false) => Liveness::DeadElsewhere,
+            }
+        }
+        /// The most aggressive answer the real oracle can give: only the
+        /// first thread that had the tid counts (later ones "started after
+        /// the waiter looked").
+        fn tid_could_own(&self, tid: u32, _seen_at: u64) -> bool {
+            self.tids
+                .iter()
+                .position(|&t| t == tid)
+                .is_some_and(|i| self.alive[i].load(Ordering::SeqCst))
+        }
+        fn now(&self) -> u64 {
+            0
+        }
+    }
+
+    fn lock(
+        w: &LoomWord,
+        me: &ThreadIdentity,
+        o: &Script,
+        d: Deadline,
+    ) -> Result<(), LockError<()>> {
+        if w.try_fast(me) {
+            return Ok(());
+        }
+        w.lock_slow(me, o, d)
+    }
+
+    fn builder() -> loom::model::Builder {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b
+    }
+
+    /// Two threads lock, increment a loom cell (loom flags any concurrent
+    /// access), unlock; a third only try_locks. Mutual exclusion and the
+    /// final count.
+    #[test]
+    fn loom_mutual_exclusion() {
+        builder().check(|| {
+            let w = Arc::new(new_word(0));
+            let cell = Arc::new(UnsafeCell::new(0u32));
+            let o = Script::new(3);
+            let hs: Vec<_> = (0..2)
+                .map(|i| {
+                    let (w, cell, o) = (w.clone(), cell.clone(), o.clone());
+                    thread::spawn(move || {
+                        let me = ident(i, 1);
+                        lock(&w, &me, &o, Deadline::Never).unwrap();
+                        cell.with_mut(|p| unsafe { *p += 1 });
+                        w.unlock();
+                    })
+                })
+                .collect();
+            let me = ident(2, 1);
+            if lock(&w, &me, &o, Deadline::Now).is_ok() {
+                cell.with_mut(|p| unsafe { *p += 10 });
+                w.unlock();
+            }
+            for h in hs {
+                h.join().unwrap();
+            }
+            let v = cell.with(|p| unsafe { *p });
+            assert!(v == 2 || v == 12, "{v}");
+            assert!(clean_unlocked(w.load()));
+        });
+    }
+
+    /// An owner of another process (thread 0) holds the lock and dies;
+    /// two waiters race to take over while a live thread also locks:
+    /// exactly one OwnerDied, never alongside another holder.
+    #[test]
+    fn loom_one_takeover_from_a_dead_owner_of_another_process() {
+        builder().check(|| {
+            let w = Arc::new(new_word(0));
+            let o = Script::new(4);
+            let dead = ident(0, 2);
+            assert!(w.try_fast(&dead));
+            o.die(0);
+            let cell = Arc::new(UnsafeCell::new(0u32));
+            let died = Arc::new(LoomU64::new(0));
+            let hs: Vec<_> = (1..3)
+                .map(|i| {
+                    let (w, o, cell, died) = (w.clone(), o.clone(), cell.clone(), died.clone());
+                    thread::spawn(move || {
+                        let me = ident(i, 1);
+                        match lock(&w, &me, &o, Deadline::Now) {
+                            Err(LockError::OwnerDied(())) => {
+                                died.fetch_add(1, Ordering::SeqCst);
+                                cell.with_mut(|p| unsafe { *p += 1 });
+                                w.mark_consistent();
+                                w.unlock();
+                            }
+                            Ok(()) => {
+                                cell.with_mut(|p| unsafe { *p += 1 });
+                                w.unlock();
+                            }
+                            Err(LockError::WouldBlock) => {}
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            assert_eq!(died.load(Ordering::SeqCst), 1, "exactly one repairer");
+        });
+    }
+
+    /// The ABA the epoch exists for: thread 0 (another process) holds the
+    /// lock, unlocks and "dies"; thread 1 takes the lock meanwhile with the
+    /// same tid (a recycled tid: same tid, new identity). A waiter that
+    /// examined thread 0's state must never take over from thread 1.
+    #[test]
+    fn loom_a_waiter_never_takes_over_from_a_live_owner_with_a_recycled_tid() {
+        builder().check(|| {
+            let w = Arc::new(new_word(0));
+            let o = Script::with_tids(vec![1, 1, 3]);
+            let cell = Arc::new(UnsafeCell::new(0u32));
+            let first = ident(0, 2);
+            assert!(w.try_fast(&first));
+            let t = {
+                let (w, o, cell) = (w.clone(), o.clone(), cell.clone());
+                thread::spawn(move || {
+                    // Thread 0 unlocks and exits; its tid goes to thread 1.
+                    w.unlock();
+                    o.die(0);
+                    let mut recycled = ident(1, 2);
+                    recycled.tid = first.tid;
+                    if lock(&w, &recycled, &o, Deadline::Now).is_ok() {
+                        cell.with_mut(|p| unsafe { *p += 1 });
+                        w.unlock();
+                    }
+                })
+            };
+            let me = ident(2, 1);
+            match lock(&w, &me, &o, Deadline::Now) {
+                Ok(()) | Err(LockError::OwnerDied(())) => {
+                    cell.with_mut(|p| unsafe { *p += 1 });
+                    w.mark_consistent();
+                    w.unlock();
+                }
+                Err(LockError::WouldBlock) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+            t.join().unwrap();
+        });
+    }
+
+    /// An owner between its CAS and its publication is alive: a waiter
+    /// that sees no record must not take over (the tid is live).
+    #[test]
+    fn loom_an_unpublished_owner_is_not_taken_for_dead() {
+        builder().check(|| {
+            let w = Arc::new(new_word(0));
+            let o = Script::new(2);
+            let cell = Arc::new(UnsafeCell::new(0u32));
+            let t = {
+                let (w, o, cell) = (w.clone(), o.clone(), cell.clone());
+                thread::spawn(move || {
+                    let me = ident(0, 1);
+                    if lock(&w, &me, &o, Deadline::Now).is_ok() {
+                        cell.with_mut(|p| unsafe { *p += 1 });
+                        w.unlock();
+                    }
+                })
+            };
+            let me = ident(1, 1);
+            match lock(&w, &me, &o, Deadline::Now) {
+                Ok(()) => {
+                    cell.with_mut(|p| unsafe { *p += 1 });
+                    w.unlock();
+                }
+                Err(LockError::WouldBlock) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+            t.join().unwrap();
+        });
+    }
+
+    /// A dead owner of the waiter's own process (a leaked guard): the
+    /// waiter gets Abandoned and the word is untouched, while a thread of
+    /// another process may take it over.
+    #[test]
+    fn loom_a_dead_owner_of_this_process_is_abandoned() {
+        builder().check(|| {
+            let w = Arc::new(new_word(0));
+            let o = Script::new(3);
+            let dead = ident(0, 1);
+            assert!(w.try_fast(&dead));
+            o.die(0);
+            let t = {
+                let (w, o) = (w.clone(), o.clone());
+                thread::spawn(move || {
+                    let other = ident(1, 2);
+                    match lock(&w, &other, &o, Deadline::Now) {
+                        Err(LockError::OwnerDied(())) => w.unlock(), // stays inconsistent
+                        r => panic!("{r:?}"),
+                    }
+                })
+            };
+            let me = ident(2, 1);
+            match lock(&w, &me, &o, Deadline::Now) {
+                Err(LockError::Abandoned) | Err(LockError::WouldBlock) => {}
+                // After the other process repaired nothing and released:
+                // the next locker hears of the death again.
+                Err(LockError::OwnerDied(())) => w.unlock(),
+                r => panic!("{r:?}"),
+            }
+            t.join().unwrap();
+        });
+    }
+
+    /// Unlock racing with a waiter that sets WAITERS and "sleeps": the
+    /// waiter ends up with the lock (no state in which it waits on an
+    /// unlocked word forever, given the futex's re-read).
+    #[test]
+    fn loom_waiters_bit_and_unlock() {
+        builder().check(|| {
+            let w = Arc::new(new_word(0));
+            let o = Script::new(2);
+            let holder = ident(0, 1);
+            assert!(w.try_fast(&holder));
+            let t = {
+                let w = w.clone();
+                thread::spawn(move || w.unlock())
+            };
+            let me = ident(1, 1);
+            lock(&w, &me, &o, Deadline::Never).unwrap();
+            w.unlock();
+            t.join().unwrap();
+            assert!(clean_unlocked(w.load()));
+        });
     }
 }
