@@ -150,10 +150,7 @@ impl Oracle for Kernel {
     }
 }
 
-#[cfg(loom)]
-pub(crate) use self::loom_impl::*;
-
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_impl {
     use super::*;
 

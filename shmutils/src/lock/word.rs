@@ -279,10 +279,14 @@ impl<A: Atom> Word<A> {
         }
         let new = next_epoch(v) | u64::from(me.tid);
         // Acquire: pairs with the Release swap in `unlock`, so the previous
-        // owner's critical section happens-before ours.
+        // owner's critical section happens-before ours. Release: pairs with
+        // a waiter's Acquire load of this state in `lock_slow`, so what this
+        // thread did before (its very existence, for the model's oracle;
+        // the kernel orders a thread's creation before its first step) is
+        // visible to a waiter that judges this state's owner.
         if self
             .state
-            .compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(v, new, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
             self.publish(new, me);
@@ -326,9 +330,9 @@ impl<A: Atom> Word<A> {
         let mut seen: Option<(u64, u64)> = None;
         loop {
             attempts = attempts.wrapping_add(1);
-            // Acquire: reading a state written by an acquiring CAS makes the
-            // previous owner's `publish` and critical section (released by
-            // its unlock, whose release sequence the CAS continues) visible.
+            // Acquire: pairs with the Release of the acquiring CAS that wrote
+            // this state (and of the unlock before it), so the owner's
+            // existence and everything before its CAS are visible to `judge`.
             let v = self.state.load(Ordering::Acquire);
             if v & NOT_RECOVERABLE != 0 {
                 return Err(LockError::NotRecoverable);
@@ -338,10 +342,10 @@ impl<A: Atom> Word<A> {
                     | u64::from(me.tid)
                     | (v & INCONSISTENT)
                     | if slept { WAITERS } else { 0 };
-                // Acquire: as in `try_fast`.
+                // AcqRel: as in `try_fast`.
                 if self
                     .state
-                    .compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(v, new, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     self.publish(new, me);
@@ -455,9 +459,10 @@ impl<A: Atom> Word<A> {
         let new = next_epoch(observed) | u64::from(me.tid) | INCONSISTENT | (observed & WAITERS);
         // Acquire: whatever the dead owner's critical section published (see
         // the module docs on death and ordering) is visible to the repairer.
+        // Release: as in `try_fast`, for waiters judging the new owner.
         if self
             .state
-            .compare_exchange(observed, new, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(observed, new, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
             self.publish(new, me);
@@ -713,21 +718,35 @@ mod loom_tests {
     }
 
     /// Liveness scripted per model thread: `alive[i]` for the thread with
-    /// serial `i + 1`, whose tid is `tids[i]`.
+    /// serial `i + 1`, whose tid is `tids[i]`; `started[i]` is when it
+    /// started on the model's logical clock (0: not yet).
     struct Script {
         alive: Vec<AtomicBool>,
+        started: Vec<LoomU64>,
         tids: Vec<u32>,
+        clock: LoomU64,
     }
 
     impl Script {
+        /// `n` threads with tids `1..=n`, all running from the start.
         fn new(n: usize) -> Arc<Script> {
-            Self::with_tids((1..=n as u32).collect())
+            Self::with_tids((1..=n as u32).collect(), &vec![true; n])
         }
-        fn with_tids(tids: Vec<u32>) -> Arc<Script> {
+        /// Threads with the given tids; those `running` run from the
+        /// start, the others call [`Script::start`].
+        fn with_tids(tids: Vec<u32>, running: &[bool]) -> Arc<Script> {
             Arc::new(Script {
                 alive: tids.iter().map(|_| AtomicBool::new(true)).collect(),
+                started: (0..tids.len())
+                    .map(|i| LoomU64::new(u64::from(running[i])))
+                    .collect(),
                 tids,
+                clock: LoomU64::new(2),
             })
+        }
+        fn start(&self, i: usize) {
+            let t = self.clock.fetch_add(1, Ordering::SeqCst);
+            self.started[i].store(t, Ordering::SeqCst);
         }
         fn die(&self, i: usize) {
             self.alive[i].store(false, Ordering::SeqCst);
@@ -744,17 +763,20 @@ mod loom_tests {
                 (false, false) => Liveness::DeadElsewhere,
             }
         }
-        /// The most aggressive answer the real oracle can give: only the
-        /// first thread that had the tid counts (later ones "started after
-        /// the waiter looked").
-        fn tid_could_own(&self, tid: u32, _seen_at: u64) -> bool {
-            self.tids
-                .iter()
-                .position(|&t| t == tid)
-                .is_some_and(|i| self.alive[i].load(Ordering::SeqCst))
+        /// The real oracle's contract at its most aggressive: a live
+        /// thread with the tid counts only if it started no later than
+        /// `seen_at` (the owner of a state started before anyone saw it).
+        fn tid_could_own(&self, tid: u32, seen_at: u64) -> bool {
+            self.tids.iter().enumerate().any(|(i, &t)| {
+                let started = self.started[i].load(Ordering::SeqCst);
+                t == tid
+                    && self.alive[i].load(Ordering::SeqCst)
+                    && started != 0
+                    && started <= seen_at
+            })
         }
         fn now(&self) -> u64 {
-            0
+            self.clock.fetch_add(1, Ordering::SeqCst)
         }
     }
 
@@ -770,42 +792,57 @@ mod loom_tests {
         w.lock_slow(me, o, d)
     }
 
+    /// Adds `by` to the model's protected value: the write loom checks.
+    fn bump(cell: &UnsafeCell<u32>, by: u32) {
+        cell.with_mut(|p| {
+            // SAFETY: validity and type: `p` points to the cell's u32, live
+            // for the closure. Aliasing: the caller holds the lock; were it
+            // not exclusive, loom reports the concurrent access (that is
+            // the test) instead of letting it happen.
+            unsafe { *p += by }
+        });
+    }
+
+    /// Reads the model's protected value (after every thread joined).
+    fn read(cell: &UnsafeCell<u32>) -> u32 {
+        // SAFETY: as in `bump`; loom checks that no write is concurrent.
+        cell.with(|p| unsafe { *p })
+    }
+
     fn builder() -> loom::model::Builder {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
+        // A waiter re-reads the state after every yield of its "futex".
+        b.max_branches = 100_000;
         b
     }
 
-    /// Two threads lock, increment a loom cell (loom flags any concurrent
-    /// access), unlock; a third only try_locks. Mutual exclusion and the
-    /// final count.
+    /// One thread locks (blocking), another try_locks; each increments a loom cell under the lock (loom flags any
+    /// concurrent access) and unlocks: mutual exclusion, the blocking
+    /// thread always gets the lock, and the state ends clean.
     #[test]
     fn loom_mutual_exclusion() {
         builder().check(|| {
             let w = Arc::new(new_word(0));
             let cell = Arc::new(UnsafeCell::new(0u32));
-            let o = Script::new(3);
-            let hs: Vec<_> = (0..2)
-                .map(|i| {
-                    let (w, cell, o) = (w.clone(), cell.clone(), o.clone());
-                    thread::spawn(move || {
-                        let me = ident(i, 1);
-                        lock(&w, &me, &o, Deadline::Never).unwrap();
-                        cell.with_mut(|p| unsafe { *p += 1 });
-                        w.unlock();
-                    })
+            let o = Script::new(2);
+            let t = {
+                let (w, cell, o) = (w.clone(), cell.clone(), o.clone());
+                thread::spawn(move || {
+                    let me = ident(0, 1);
+                    lock(&w, &me, &o, Deadline::Never).unwrap();
+                    bump(&cell, 1);
+                    w.unlock();
                 })
-                .collect();
-            let me = ident(2, 1);
+            };
+            let me = ident(1, 1);
             if lock(&w, &me, &o, Deadline::Now).is_ok() {
-                cell.with_mut(|p| unsafe { *p += 10 });
+                bump(&cell, 10);
                 w.unlock();
             }
-            for h in hs {
-                h.join().unwrap();
-            }
-            let v = cell.with(|p| unsafe { *p });
-            assert!(v == 2 || v == 12, "{v}");
+            t.join().unwrap();
+            let v = read(&cell);
+            assert!(v == 1 || v == 11, "{v}");
             assert!(clean_unlocked(w.load()));
         });
     }
@@ -831,12 +868,12 @@ mod loom_tests {
                         match lock(&w, &me, &o, Deadline::Now) {
                             Err(LockError::OwnerDied(())) => {
                                 died.fetch_add(1, Ordering::SeqCst);
-                                cell.with_mut(|p| unsafe { *p += 1 });
+                                bump(&cell, 1);
                                 w.mark_consistent();
                                 w.unlock();
                             }
                             Ok(()) => {
-                                cell.with_mut(|p| unsafe { *p += 1 });
+                                bump(&cell, 1);
                                 w.unlock();
                             }
                             Err(LockError::WouldBlock) => {}
@@ -860,7 +897,7 @@ mod loom_tests {
     fn loom_a_waiter_never_takes_over_from_a_live_owner_with_a_recycled_tid() {
         builder().check(|| {
             let w = Arc::new(new_word(0));
-            let o = Script::with_tids(vec![1, 1, 3]);
+            let o = Script::with_tids(vec![1, 1, 3], &[true, false, true]);
             let cell = Arc::new(UnsafeCell::new(0u32));
             let first = ident(0, 2);
             assert!(w.try_fast(&first));
@@ -870,10 +907,11 @@ mod loom_tests {
                     // Thread 0 unlocks and exits; its tid goes to thread 1.
                     w.unlock();
                     o.die(0);
+                    o.start(1);
                     let mut recycled = ident(1, 2);
                     recycled.tid = first.tid;
                     if lock(&w, &recycled, &o, Deadline::Now).is_ok() {
-                        cell.with_mut(|p| unsafe { *p += 1 });
+                        bump(&cell, 1);
                         w.unlock();
                     }
                 })
@@ -881,7 +919,7 @@ mod loom_tests {
             let me = ident(2, 1);
             match lock(&w, &me, &o, Deadline::Now) {
                 Ok(()) | Err(LockError::OwnerDied(())) => {
-                    cell.with_mut(|p| unsafe { *p += 1 });
+                    bump(&cell, 1);
                     w.mark_consistent();
                     w.unlock();
                 }
@@ -905,7 +943,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     let me = ident(0, 1);
                     if lock(&w, &me, &o, Deadline::Now).is_ok() {
-                        cell.with_mut(|p| unsafe { *p += 1 });
+                        bump(&cell, 1);
                         w.unlock();
                     }
                 })
@@ -913,7 +951,7 @@ mod loom_tests {
             let me = ident(1, 1);
             match lock(&w, &me, &o, Deadline::Now) {
                 Ok(()) => {
-                    cell.with_mut(|p| unsafe { *p += 1 });
+                    bump(&cell, 1);
                     w.unlock();
                 }
                 Err(LockError::WouldBlock) => {}
