@@ -61,13 +61,20 @@ unsafe extern "C" fn after_fork_in_child() {
 
 /// Registers [`after_fork_in_child`] if no thread has yet, without waiting
 /// for a thread that is registering it. Returns whether it is registered.
+#[inline(always)]
 fn fork_handler_registered() -> bool {
-    // Acquire: pairs with the Release store below, so whoever sees
-    // REGISTERED caches only after the handler that resets it exists.
+    // Acquire: pairs with the Release store in `register_fork_handler`, so
+    // whoever sees REGISTERED caches only after the handler that resets it
+    // exists.
     let state = ATFORK.load(Ordering::Acquire);
     if state != UNREGISTERED {
         return state == REGISTERED;
     }
+    register_fork_handler()
+}
+
+#[cold]
+fn register_fork_handler() -> bool {
     if ATFORK
         .compare_exchange(
             UNREGISTERED,
@@ -162,7 +169,7 @@ impl ThreadIdentity {
 
 /// The calling thread's identity, cached: computed once per thread (one
 /// read of `/proc`), and again in a forked child.
-#[inline]
+#[inline(always)]
 pub(crate) fn current_identity() -> ThreadIdentity {
     let id = IDENTITY.with(Cell::get);
     if id.tid != 0 {
@@ -292,7 +299,7 @@ pub(crate) fn registered_thread_alive(tid: u32, serial: u32) -> bool {
 
 /// The process's fork generation: different in a forked child than in its
 /// parent at the time of the fork.
-#[inline]
+#[inline(always)]
 pub(crate) fn fork_generation() -> u64 {
     if fork_handler_registered() {
         GENERATION.load(Ordering::Relaxed)

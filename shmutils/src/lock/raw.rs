@@ -199,7 +199,7 @@ unsafe impl RawMutex for RawLock {
     const INIT: Self = RawLock::new();
     const TYPED_NAME: &'static str = "Lock";
 
-    #[inline]
+    #[inline(always)]
     fn lock(&self) -> Result<(), LockError<()>> {
         self.word.lock(Deadline::Never)
     }
@@ -213,7 +213,7 @@ unsafe impl RawMutex for RawLock {
         self.word.lock(Deadline::after(timeout))
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn unlock(&self) {
         self.word.unlock();
     }

@@ -80,6 +80,7 @@ impl<T, R: RawMutex> GenericLock<T, R> {
         }
     }
 
+    #[inline(always)]
     fn guard(&self) -> GenericLockGuard<'_, T, R> {
         GenericLockGuard {
             lock: self,
@@ -88,7 +89,7 @@ impl<T, R: RawMutex> GenericLock<T, R> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn wrap(&self, r: Result<(), LockError<()>>) -> LockResult<GenericLockGuard<'_, T, R>> {
         match r {
             Ok(()) => Ok(self.guard()),
@@ -108,7 +109,7 @@ impl<T, R: RawMutex> GenericLock<T, R> {
     /// - [`LockError::NotRecoverable`]: a holder gave up.
     /// - [`LockError::WouldDeadlock`]: this thread holds it already
     ///   ([`Lock`] only); [`LockError::RecursionLimit`] ([`RLock`] only).
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> LockResult<GenericLockGuard<'_, T, R>> {
         self.wrap(self.raw.lock())
     }
@@ -224,7 +225,7 @@ fn inherited_across_fork() -> ! {
 impl<'a, T, R: RawMutex> GenericLockGuard<'a, T, R> {
     /// Whether this process took the guard's lock (false in a forked
     /// child that inherited the guard).
-    #[inline]
+    #[inline(always)]
     fn taken_here(&self) -> bool {
         self.generation == fork_generation()
     }

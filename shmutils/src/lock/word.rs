@@ -16,11 +16,11 @@
 //! E|0                          unlocked                         lock: CAS -> (E+1)|me, publish
 //! E|0 + INCONSISTENT           unlocked, but an owner died and  lock: CAS -> (E+1)|me|INCONSISTENT,
 //!                              nobody repaired the data yet       publish; caller gets OwnerDied
-//! E|tid                        locked, nobody sleeps            unlock: swap -> E|0 (no wake)
+//! E|tid                        locked, nobody sleeps            unlock: clear tid -> E|0 (no wake)
 //!                                                               waiter: CAS -> E|tid|WAITERS
-//! E|tid + WAITERS              locked, waiters may sleep        unlock: swap -> E|0, wake 1
+//! E|tid + WAITERS              locked, waiters may sleep        unlock: clear -> E|0, wake 1
 //! E|tid + INCONSISTENT[+W]     locked by an OwnerDied taker     mark_consistent: clear the bit
-//!                                                               unlock: swap -> E|0|INCONSISTENT
+//!                                                               unlock: clear -> E|0|INCONSISTENT
 //!                                                               give up: swap -> E|NOT_RECOVERABLE,
 //!                                                                 wake all
 //! E|tid[+flags], owner dead    see "Owner death" below          a waiter of another process: CAS
@@ -92,6 +92,7 @@
 //! could own is a dead owner; one naming a live thread waits for it, as
 //! for any holder (`lock_timeout` bounds that).
 
+use std::cell::Cell;
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -147,6 +148,33 @@ fn record(v: u64, tid: u32, pid: u32) -> u64 {
 #[inline]
 fn clean_unlocked(v: u64) -> bool {
     v & !EPOCH_MASK == 0
+}
+
+thread_local! {
+    /// The state this thread's last unlock left, and the word's address:
+    /// the fast path's guess of the state to CAS from when the same thread
+    /// takes the same lock again (saving a load before the CAS, and under
+    /// contention a second transfer of the cache line). Only a guess: the
+    /// CAS checks it.
+    static LAST_UNLOCK: Cell<(usize, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// This thread's guess of `state`'s current value (see [`LAST_UNLOCK`]).
+#[inline(always)]
+fn last_unlock<A>(state: &A) -> Option<u64> {
+    if cfg!(loom) {
+        return None; // model threads share one OS thread: no guessing
+    }
+    let (addr, v) = LAST_UNLOCK.with(Cell::get);
+    (addr == state as *const A as usize).then_some(v)
+}
+
+/// Remembers the state this thread's unlock of `state` left.
+#[inline(always)]
+fn remember_unlock<A>(state: &A, v: u64) {
+    if !cfg!(loom) {
+        LAST_UNLOCK.with(|c| c.set((state as *const A as usize, v)));
+    }
 }
 
 /// The calling thread as a record names it.
@@ -207,7 +235,7 @@ impl Word<AtomicU64> {
 
     /// Takes the lock for the calling thread, or says why not.
     /// `Err(OwnerDied(()))` means the caller now holds it, inconsistent.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lock(&self, deadline: Deadline) -> Result<(), LockError<()>> {
         let me = current_identity();
         if self.try_fast(&me) {
@@ -235,7 +263,7 @@ impl<A: Atom> Word<A> {
     }
 
     /// Stores who took the state `v`.
-    #[inline]
+    #[inline(always)]
     fn publish(&self, v: u64, me: &ThreadIdentity) {
         self.detail.store(me.detail, Ordering::Relaxed);
         // Release: a waiter that reads this record with Acquire (in
@@ -270,30 +298,43 @@ impl<A: Atom> Word<A> {
             && self.owner_of(v) == Some(owner_of_me(me))
     }
 
-    /// The uncontended path: one load, one CAS, two stores.
-    #[inline]
+    /// The uncontended path: one CAS (from the state this thread's last
+    /// unlock of this word left, when it remembers one, see
+    /// [`LAST_UNLOCK`]; else from a load), two stores.
+    #[inline(always)]
     pub(crate) fn try_fast(&self, me: &ThreadIdentity) -> bool {
-        let v = self.state.load(Ordering::Relaxed);
-        if !clean_unlocked(v) {
-            return false;
+        let v = last_unlock(&self.state).unwrap_or_else(|| self.state.load(Ordering::Relaxed));
+        self.try_from(v, me)
+    }
+
+    /// One acquisition attempt from the state `v` believed current; a
+    /// wrong belief costs one more CAS, from the value the failed one read.
+    #[inline(always)]
+    fn try_from(&self, mut v: u64, me: &ThreadIdentity) -> bool {
+        for _ in 0..2 {
+            if !clean_unlocked(v) {
+                return false;
+            }
+            let new = next_epoch(v) | u64::from(me.tid);
+            // Acquire: pairs with the Release RMW in `unlock`, so the
+            // previous owner's critical section happens-before ours.
+            // Release: pairs with a waiter's Acquire load of this state in
+            // `lock_slow`, so what this thread did before (its very
+            // existence, for the model's oracle; the kernel orders a
+            // thread's creation before its first step) is visible to a
+            // waiter that judges this state's owner.
+            match self
+                .state
+                .compare_exchange(v, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.publish(new, me);
+                    return true;
+                }
+                Err(current) => v = current,
+            }
         }
-        let new = next_epoch(v) | u64::from(me.tid);
-        // Acquire: pairs with the Release swap in `unlock`, so the previous
-        // owner's critical section happens-before ours. Release: pairs with
-        // a waiter's Acquire load of this state in `lock_slow`, so what this
-        // thread did before (its very existence, for the model's oracle;
-        // the kernel orders a thread's creation before its first step) is
-        // visible to a waiter that judges this state's owner.
-        if self
-            .state
-            .compare_exchange(v, new, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.publish(new, me);
-            true
-        } else {
-            false
-        }
+        false
     }
 
     /// The contended path: spin, then sleep in slices, checking the owner.
@@ -314,7 +355,7 @@ impl<A: Atom> Word<A> {
                     spin_loop();
                 }
                 let w = self.load();
-                if clean_unlocked(w) && self.try_fast(me) {
+                if clean_unlocked(w) && self.try_from(w, me) {
                     return Ok(());
                 }
                 if w & WAITERS != 0 {
@@ -360,7 +401,13 @@ impl<A: Atom> Word<A> {
                 }
                 continue;
             }
-            let owner = self.owner_of(v);
+            // The record is read only when it matters (our own tid, or a
+            // check): a waiter's read pulls the owner's cache line away.
+            let owner = if v & TID_MASK == u64::from(me.tid) || check_owner {
+                self.owner_of(v)
+            } else {
+                None
+            };
             if owner == Some(owner_of_me(me)) {
                 return Err(LockError::WouldDeadlock);
             }
@@ -383,6 +430,7 @@ impl<A: Atom> Word<A> {
                 Deadline::At(at) => {
                     let now = Instant::now();
                     if now >= at {
+                        let owner = owner.or_else(|| self.owner_of(v));
                         match self.judge(v, owner, me, oracle, &mut seen) {
                             Verdict::Alive => {}
                             Verdict::Abandoned => return Err(LockError::Abandoned),
@@ -488,16 +536,16 @@ impl<A: Atom> Word<A> {
     /// inconsistent: the next locker gets `OwnerDied`.
     #[inline]
     pub(crate) fn unlock(&self) {
-        let v = self.state.load(Ordering::Relaxed);
-        // Only the owner changes the epoch, the tid and INCONSISTENT, and we
-        // own the word; waiters only add WAITERS, which the swap reports.
+        // One RMW, no load first: clear the tid and WAITERS, keep the epoch
+        // and INCONSISTENT (only the owner changes those, and we own the
+        // word; NOT_RECOVERABLE is never set while held). Waiters only add
+        // WAITERS, which the returned value reports.
         // Release: publishes our critical section to the next Acquire CAS.
-        if self
+        let old = self
             .state
-            .swap(v & (EPOCH_MASK | INCONSISTENT), Ordering::Release)
-            & WAITERS
-            != 0
-        {
+            .fetch_and(!(TID_MASK | WAITERS), Ordering::Release);
+        remember_unlock(&self.state, old & !(TID_MASK | WAITERS));
+        if old & WAITERS != 0 {
             self.state.wake(1);
         }
     }
