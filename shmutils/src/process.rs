@@ -30,6 +30,8 @@ thread_local! {
 static PID: AtomicU32 = AtomicU32::new(0);
 /// This process's start time in clock ticks since boot, or 0 until known.
 static PROCESS_START: AtomicU64 = AtomicU64::new(0);
+/// This process's random nonce (see [`process_nonce`]), or 0 until drawn.
+static NONCE: AtomicU64 = AtomicU64::new(0);
 /// Hands out thread serials (23 bits, never 0).
 static NEXT_SERIAL: AtomicU32 = AtomicU32::new(1);
 
@@ -51,6 +53,7 @@ unsafe extern "C" fn after_fork_in_child() {
     let _ = IDENTITY.try_with(|t| t.set(ThreadIdentity::UNKNOWN));
     PID.store(0, Ordering::Relaxed);
     PROCESS_START.store(0, Ordering::Relaxed);
+    NONCE.store(0, Ordering::Relaxed);
     // Only plain atomic stores: async-signal-safe, and no lock that a
     // vanished parent thread might have held.
     for slot in &THREADS {
@@ -126,8 +129,12 @@ pub(crate) struct ThreadIdentity {
     pub(crate) tid: u32,
     /// Kernel process id (at most 22 bits).
     pub(crate) pid: u32,
-    /// `start << 24 | serial << 1 | registered`: see [`ThreadIdentity::detail`].
+    /// `start << 24 | serial << 1 | registered`: see [`ThreadIdentity::pack`].
     pub(crate) detail: u64,
+    /// 39 bits that tell this thread from every other thread that had or
+    /// will have its tid (a hash of its start time, pid, serial and this
+    /// process's random nonce): see `lock/word.rs`.
+    pub(crate) tag: u64,
 }
 
 /// Bits of the start time kept in [`ThreadIdentity::detail`] (40 bits of
@@ -141,7 +148,26 @@ impl ThreadIdentity {
         tid: 0,
         pid: 0,
         detail: 0,
+        tag: 0,
     };
+
+    /// The lock state that names this thread as the owner:
+    /// `tag << 22 | tid` (61 bits).
+    #[inline(always)]
+    pub(crate) const fn locked(&self) -> u64 {
+        self.tag << 22 | (self.tid as u64 & ((1 << 22) - 1))
+    }
+
+    /// The tag for a thread: a 39-bit hash of everything that tells it
+    /// apart from other threads with its tid (splitmix64's finaliser).
+    pub(crate) const fn tag_of(start_ticks: u64, pid: u32, serial: u32, nonce: u64) -> u64 {
+        let mut z =
+            start_ticks ^ (pid as u64).rotate_left(40) ^ (serial as u64).rotate_left(20) ^ nonce;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        z & ((1 << 39) - 1)
+    }
 
     /// Packs the thread's start time (clock ticks since boot, 0 if
     /// unknown), its serial in this process and whether it is registered.
@@ -192,11 +218,32 @@ fn fetch_identity() -> ThreadIdentity {
         tid,
         pid,
         detail: ThreadIdentity::pack(start, serial, registered),
+        tag: ThreadIdentity::tag_of(start, pid, serial, process_nonce()),
     };
     if fork_handler_registered() {
         IDENTITY.with(|c| c.set(id));
     }
     id
+}
+
+/// A random value per process (and per forked child), drawn once: mixed
+/// into thread tags so that two processes that reuse a pid within one
+/// clock tick still tag their threads differently.
+fn process_nonce() -> u64 {
+    let n = NONCE.load(Ordering::Relaxed);
+    if n != 0 {
+        return n;
+    }
+    let mut b = [0u8; 8];
+    let n = match sys::getrandom(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b) | 1,
+        // No randomness: the time still differs between processes.
+        Err(_) => sys::boot_ticks_now() ^ u64::from(sys::getpid()) << 32 | 1,
+    };
+    if fork_handler_registered() {
+        NONCE.store(n, Ordering::Relaxed);
+    }
+    n
 }
 
 /// This process's id, cached (reset in a forked child).
@@ -354,6 +401,9 @@ mod tests {
         assert_eq!(current_identity(), me);
         let other = std::thread::spawn(current_identity).join().unwrap();
         assert_ne!(other.detail, me.detail);
+        assert_ne!(other.tag, me.tag);
+        assert_eq!(me.locked() & ((1 << 22) - 1), u64::from(me.tid));
+        assert!(me.locked() < 1 << 61);
         assert_ne!(
             ThreadIdentity::serial(other.detail),
             ThreadIdentity::serial(me.detail)

@@ -27,6 +27,9 @@ pub(crate) trait Atom {
         failure: Ordering,
     ) -> Result<u64, u64>;
     fn fetch_and(&self, v: u64, order: Ordering) -> u64;
+    fn fetch_sub(&self, v: u64, order: Ordering) -> u64;
+    /// A memory fence of the same model as the atomics.
+    fn fence(order: Ordering);
     /// Sleeps while the low 32 bits equal `low`, for at most `timeout`;
     /// returns whether the time ran out (`false` for a wake-up, a change,
     /// a signal or a spurious return: the caller re-reads in every case).
@@ -61,6 +64,14 @@ impl Atom for AtomicU64 {
     #[inline]
     fn fetch_and(&self, v: u64, order: Ordering) -> u64 {
         AtomicU64::fetch_and(self, v, order)
+    }
+    #[inline]
+    fn fetch_sub(&self, v: u64, order: Ordering) -> u64 {
+        AtomicU64::fetch_sub(self, v, order)
+    }
+    #[inline]
+    fn fence(order: Ordering) {
+        std::sync::atomic::fence(order)
     }
     fn wait_low(&self, low: u32, timeout: Duration) -> bool {
         sys::futex_wait_low(self, low, Some(timeout)) == sys::FutexWait::TimedOut
@@ -178,6 +189,12 @@ mod loom_impl {
         }
         fn fetch_and(&self, v: u64, order: Ordering) -> u64 {
             loom::sync::atomic::AtomicU64::fetch_and(self, v, order)
+        }
+        fn fetch_sub(&self, v: u64, order: Ordering) -> u64 {
+            loom::sync::atomic::AtomicU64::fetch_sub(self, v, order)
+        }
+        fn fence(order: Ordering) {
+            loom::sync::atomic::fence(order)
         }
         fn wait_low(&self, low: u32, _timeout: Duration) -> bool {
             if self.load(Ordering::Relaxed) as u32 == low {

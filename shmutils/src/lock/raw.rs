@@ -13,7 +13,8 @@ use crate::process::current_identity;
 use crate::shared::{Fingerprint, Shared};
 
 /// The version of the lock word's protocol and layout, part of every lock
-/// fingerprint: 2 is the 64-bit state with an epoch and an owner record.
+/// fingerprint: 2 is the 64-bit state naming the owner by tag and tid, and
+/// the owner record beside it.
 const PROTOCOL: u64 = 2;
 
 /// A raw process-shared lock: what [`GenericLock`](super::GenericLock)
@@ -130,7 +131,7 @@ fn from_mut_bytes<L: Shared>(bytes: &mut [u8]) -> Result<&L> {
 }
 
 /// A process-shared mutual exclusion lock without data: a 64-bit futex
-/// state and its owner record (24 bytes, aligned to 8).
+/// state and its owner record (32 bytes, aligned to 8).
 ///
 /// The raw API leaves pairing `lock` with `unlock` to the caller; prefer
 /// [`Lock<T>`](super::Lock), whose guards do it. Its methods come from
@@ -167,7 +168,7 @@ impl RawLock {
     /// `Shared` references, which are allowed to change.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] or [`Error::Misaligned`] (24 bytes, aligned to
+    /// [`Error::OutOfBounds`] or [`Error::Misaligned`] (32 bytes, aligned to
     /// 8), [`Error::ReadOnly`] for a mapping that is not read-write.
     pub fn from_mapping(m: &MappedMemory, offset: usize) -> Result<&RawLock> {
         m.get(offset)
@@ -178,7 +179,7 @@ impl RawLock {
     /// are: zero is unlocked.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] if the buffer is shorter than 24 bytes,
+    /// [`Error::OutOfBounds`] if the buffer is shorter than 32 bytes,
     /// [`Error::Misaligned`] if it is not aligned to 8.
     pub fn from_mut_bytes(bytes: &mut [u8]) -> Result<&RawLock> {
         from_mut_bytes(bytes)
@@ -192,9 +193,10 @@ impl RawLock {
 
 // SAFETY: mutual exclusion is the word's protocol (`word.rs`): a holding
 // acquisition is a CAS from an unlocked state or from the exact state of a
-// dead owner of another process, and every acquisition moves the epoch, so
-// two CASes cannot both succeed from one state; a dead owner of this
-// process yields `Abandoned` without taking the word; INIT is zero.
+// dead owner of another process, and every thread writes its own locked
+// value (tag and tid), so a CAS from an examined state fails once another
+// thread took the lock; a dead owner of this process yields `Abandoned`
+// without taking the word; INIT is zero.
 unsafe impl RawMutex for RawLock {
     const INIT: Self = RawLock::new();
     const TYPED_NAME: &'static str = "Lock";
@@ -244,7 +246,7 @@ unsafe impl RawMutex for RawLock {
 // time, serial).
 unsafe impl RawMutexExclusive for RawLock {}
 
-// SAFETY: three AtomicU64, valid for every bit pattern (garbage reads as a
+// SAFETY: four AtomicU64, valid for every bit pattern (garbage reads as a
 // dead owner, a live one, or "not recoverable"), no addresses, mutated
 // atomically.
 unsafe impl Shared for RawLock {
@@ -258,7 +260,7 @@ unsafe impl Shared for RawLock {
 /// A process-shared recursive lock without data: the owning thread may
 /// take it again; it is released when every `lock` has had its `unlock`.
 ///
-/// 32 bytes: the lock word and the recursion count, which only the owner
+/// 40 bytes: the lock word and the recursion count, which only the owner
 /// touches and which is trusted only when the word names the caller, by
 /// its full identity (a thread that inherited a dead owner's tid is not
 /// the owner).
@@ -295,7 +297,7 @@ impl RawRLock {
     /// The lock at `offset` of a mapping; see [`RawLock::from_mapping`].
     ///
     /// # Errors
-    /// As [`RawLock::from_mapping`] (32 bytes, aligned to 8).
+    /// As [`RawLock::from_mapping`] (40 bytes, aligned to 8).
     pub fn from_mapping(m: &MappedMemory, offset: usize) -> Result<&RawRLock> {
         m.get(offset)
     }
@@ -304,7 +306,7 @@ impl RawRLock {
     /// [`RawLock::from_mut_bytes`].
     ///
     /// # Errors
-    /// As [`RawLock::from_mut_bytes`] (32 bytes, aligned to 8).
+    /// As [`RawLock::from_mut_bytes`] (40 bytes, aligned to 8).
     pub fn from_mut_bytes(bytes: &mut [u8]) -> Result<&RawRLock> {
         from_mut_bytes(bytes)
     }
@@ -425,13 +427,13 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(RawLock::from_mapping(&m, 4096 - 24).is_ok());
+        assert!(RawLock::from_mapping(&m, 4096 - 32).is_ok());
         assert!(matches!(
-            RawLock::from_mapping(&m, 4068),
+            RawLock::from_mapping(&m, 4060),
             Err(Error::Misaligned { .. })
         ));
         assert!(matches!(
-            RawRLock::from_mapping(&m, 4096 - 24),
+            RawRLock::from_mapping(&m, 4096 - 32),
             Err(Error::OutOfBounds { .. })
         ));
         let mut buf = [0u64; 8];
@@ -495,8 +497,8 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(std::mem::size_of::<RawLock>(), 24);
-        assert_eq!(std::mem::size_of::<RawRLock>(), 32);
+        assert_eq!(std::mem::size_of::<RawLock>(), 32);
+        assert_eq!(std::mem::size_of::<RawRLock>(), 40);
         assert_ne!(RawLock::FINGERPRINT, RawRLock::FINGERPRINT);
     }
 }

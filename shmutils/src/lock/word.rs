@@ -1,64 +1,74 @@
 //! The lock word that [`RawLock`](super::RawLock) and
 //! [`RawRLock`](super::RawRLock) are built on: a 64-bit state in shared
 //! memory (the futex sleeps on its low half) and, beside it, the record of
-//! who took it.
+//! who holds it.
 //!
 //! # State
 //!
 //! ```text
 //!  63       62            61               22..=60                0..=21
 //! +--------+-------------+----------------+----------------------+-------------+
-//! |WAITERS | INCONSISTENT| NOT_RECOVERABLE| epoch (39 bits)      | owner tid   |
+//! |WAITERS | INCONSISTENT| NOT_RECOVERABLE| owner's tag (39 bits)| owner tid   |
 //! +--------+-------------+----------------+----------------------+-------------+
 //!
-//! state (E = epoch)            meaning                          who moves it on
+//! state (me = tag|tid)         meaning                          who moves it on
 //! ---------------------------  -------------------------------  ----------------------------------
-//! E|0                          unlocked                         lock: CAS -> (E+1)|me, publish
-//! E|0 + INCONSISTENT           unlocked, but an owner died and  lock: CAS -> (E+1)|me|INCONSISTENT,
+//! 0 [+WAITERS]                 unlocked                         lock: CAS -> me, publish (WAITERS
+//!                                                                 kept only by a waiter that slept)
+//! INCONSISTENT [+WAITERS]      unlocked, an owner died and      lock: CAS -> me|INCONSISTENT,
 //!                              nobody repaired the data yet       publish; caller gets OwnerDied
-//! E|tid                        locked, nobody sleeps            unlock: clear tid -> E|0 (no wake)
-//!                                                               waiter: CAS -> E|tid|WAITERS
-//! E|tid + WAITERS              locked, waiters may sleep        unlock: clear -> E|0, wake 1
-//! E|tid + INCONSISTENT[+W]     locked by an OwnerDied taker     mark_consistent: clear the bit
-//!                                                               unlock: clear -> E|0|INCONSISTENT
-//!                                                               give up: swap -> E|NOT_RECOVERABLE,
+//! me                           locked, nobody sleeps            unlock: subtract me -> 0
+//!                                                               waiter: CAS -> me|WAITERS
+//! me + WAITERS                 locked, waiters may sleep        unlock: subtract me, wake 1
+//! me + INCONSISTENT [+W]       locked by an OwnerDied taker     mark_consistent: clear the bit
+//!                                                               unlock: subtract me (stays
+//!                                                                 INCONSISTENT)
+//!                                                               give up: swap -> NOT_RECOVERABLE,
 //!                                                                 wake all
-//! E|tid[+flags], owner dead    see "Owner death" below          a waiter of another process: CAS
-//!                                                               from the exact value seen ->
-//!                                                               (E+1)|me|INCONSISTENT|(WAITERS)
-//! NOT_RECOVERABLE[+anything]   a holder gave up; final          nothing (re-initialise the lock)
+//! tag|tid [+flags], owner dead see "Owner death" below          a waiter of another process: CAS
+//!                                                               from the exact state seen ->
+//!                                                               me|INCONSISTENT|(WAITERS)
+//! NOT_RECOVERABLE [+anything]  a holder gave up; final          nothing (re-initialise the lock)
 //! ```
 //!
-//! **Every acquisition moves the epoch on** (the fast path, the slow path
-//! and a takeover alike), so the state never takes the same value twice in
-//! 2^39 acquisitions: a compare-and-swap from a value a waiter examined
-//! fails if anyone took the lock since, even a thread that the kernel gave
-//! the examined owner's tid. The futex sleeps on the low 32 bits (the tid
-//! and the epoch's low 10 bits): every acquisition and every release
-//! changes them, the flags (high half) never need to.
+//! **The tag names the thread, not just its tid.** Every thread draws a
+//! 39-bit tag once (a hash of its start time, pid, serial and a random
+//! per-process value; see `process.rs`), and its locked value is
+//! `tag << 22 | tid`. The kernel recycles tids, but a thread that inherits
+//! a dead owner's tid has another tag, so the state it writes differs from
+//! the dead owner's: a compare-and-swap from a state a waiter examined
+//! fails if any other thread, even one with the examined owner's tid, took
+//! the lock since (the examined owner itself is dead and takes nothing).
+//! The residue is a tag collision between two threads that share a tid:
+//! 2^-39 per such pair. A thread's locked value is the same every time,
+//! so the unlocked state is always 0 and the fast path needs no load: one
+//! CAS from 0 and, at unlock, one `fetch_sub` of the locked value. The
+//! futex sleeps on the low 32 bits (the tid and 10 tag bits), which every
+//! acquisition and release changes.
 //!
 //! # Owner record
 //!
 //! ```text
-//! owner   = tag (epoch's low 20 bits) << 44 | tid << 22 | pid
+//! owner   = tag << 22 | tid        (the state's owner bits: binds the record to it)
+//! pid     = the owner's process id
 //! detail  = start time (40 bits) << 24 | serial (23 bits) << 1 | registered
 //! ```
 //!
-//! Right after its CAS the new owner stores `detail`, then `owner`
-//! (Release). The record *belongs to* the state `s` when its tag and tid
-//! are those of `s`; otherwise it is an earlier owner's, and `s`'s owner
-//! is between its CAS and its publication (it has no guard yet), died
-//! there, or the bytes are garbage. The owner publishes before `lock`
-//! returns, so every handed-out guard has its record published.
+//! After its CAS the new owner stores `detail` and `pid`, then `owner`
+//! (Release); a thread that finds its own record there already (it held
+//! the lock last) stores nothing. The record *belongs to* the state `s`
+//! when `owner` equals `s`'s owner bits; otherwise `s`'s owner is between
+//! its CAS and its publication (it has no guard yet), died there, or the
+//! bytes are garbage. The owner publishes before `lock` returns, so every
+//! handed-out guard has its record published.
 //!
-//! Who the owner is: its tid alone is not enough, the kernel recycles
-//! tids. `start` is the thread's start time (field 22 of
-//! `/proc/PID/task/TID/stat`, clock ticks since boot), which no later
-//! thread with the same tid shares, except one started within the same
-//! tick; `serial` numbers the threads of a process, and `registered` says
-//! that the thread is in its process's registry (`process.rs`), which a
+//! `start` is the thread's start time (field 22 of
+//! `/proc/PID/task/TID/stat`, clock ticks since boot): a later thread with
+//! the same tid has another, except one started within the same tick.
+//! `serial` numbers the threads of a process, and `registered` says that
+//! the thread is in its process's registry (`process.rs`), which a
 //! thread-local destructor updates when the thread exits: for owners of
-//! the caller's own process the answer is exact.
+//! the caller's own process, liveness is exact.
 //!
 //! # Owner death
 //!
@@ -77,10 +87,9 @@
 //!   with the guard.
 //! - Record belongs, owner dead, **a thread of this process**: it exited
 //!   with its guard leaked, so a reference from it may still be in use
-//!   here. The word is left as it is and the caller gets `Abandoned`, no
-//!   guard: this process never gets the lock again while the record is
-//!   there (other processes, whose memory holds no such reference, may
-//!   still take it over).
+//!   here. The state is left as it is and the caller gets `Abandoned`, no
+//!   guard: this process does not get the lock while the dead thread's
+//!   state is there.
 //! - Record does not belong: if no thread could be the owner (the tid is
 //!   free, a zombie, or its thread started after the waiter first saw this
 //!   state), the waiter reads the record once more (the owner may have
@@ -92,7 +101,6 @@
 //! could own is a dead owner; one naming a live thread waits for it, as
 //! for any holder (`lock_timeout` bounds that).
 
-use std::cell::Cell;
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -108,16 +116,10 @@ pub(crate) const WAITERS: u64 = 1 << 63;
 pub(crate) const INCONSISTENT: u64 = 1 << 62;
 /// A holder gave up repairing: the lock is unusable, for good.
 pub(crate) const NOT_RECOVERABLE: u64 = 1 << 61;
-/// The epoch: bumped by every acquisition.
-pub(crate) const EPOCH_MASK: u64 = ((1 << 39) - 1) << EPOCH_SHIFT;
-const EPOCH_SHIFT: u32 = 22;
-/// The owner's tid; 0 when unlocked. Linux tids are below
-/// `PID_MAX_LIMIT` = 2^22.
+/// The owner's tag and tid: zero when unlocked.
+pub(crate) const OWNER_MASK: u64 = (1 << 61) - 1;
+/// The owner's tid. Linux tids are below `PID_MAX_LIMIT` = 2^22.
 pub(crate) const TID_MASK: u64 = (1 << 22) - 1;
-/// The pid field of the owner record.
-const PID_MASK: u64 = (1 << 22) - 1;
-/// Where the record keeps its tag (the epoch's low 20 bits).
-const TAG_SHIFT: u32 = 44;
 
 /// How long a blocked waiter sleeps before it checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
@@ -129,52 +131,12 @@ const SPIN_ROUNDS: u32 = if cfg!(loom) { 1 } else { 12 };
 /// The longest gap between two polls, in `spin_loop` hints (~30 ns each).
 const MAX_GAP: u32 = 32;
 
-/// The state after `v` for a new acquisition: the next epoch, no flags, no
-/// owner.
-#[inline]
-fn next_epoch(v: u64) -> u64 {
-    (v & EPOCH_MASK).wrapping_add(1 << EPOCH_SHIFT) & EPOCH_MASK
-}
-
-/// The owner record that `tid` of `pid` publishes for state `v`.
-#[inline]
-fn record(v: u64, tid: u32, pid: u32) -> u64 {
-    ((v >> EPOCH_SHIFT) & ((1 << 20) - 1)) << TAG_SHIFT
-        | (u64::from(tid) & TID_MASK) << 22
-        | (u64::from(pid) & PID_MASK)
-}
-
-/// Whether `v` is unlocked and clean (the fast path's precondition).
-#[inline]
+/// Whether `v` is unlocked and consistent (the fast path's
+/// precondition). `WAITERS` may be set: an unlock leaves it to the next
+/// acquirer, which clears it unless it slept itself.
+#[inline(always)]
 fn clean_unlocked(v: u64) -> bool {
-    v & !EPOCH_MASK == 0
-}
-
-thread_local! {
-    /// The state this thread's last unlock left, and the word's address:
-    /// the fast path's guess of the state to CAS from when the same thread
-    /// takes the same lock again (saving a load before the CAS, and under
-    /// contention a second transfer of the cache line). Only a guess: the
-    /// CAS checks it.
-    static LAST_UNLOCK: Cell<(usize, u64)> = const { Cell::new((0, 0)) };
-}
-
-/// This thread's guess of `state`'s current value (see [`LAST_UNLOCK`]).
-#[inline(always)]
-fn last_unlock<A>(state: &A) -> Option<u64> {
-    if cfg!(loom) {
-        return None; // model threads share one OS thread: no guessing
-    }
-    let (addr, v) = LAST_UNLOCK.with(Cell::get);
-    (addr == state as *const A as usize).then_some(v)
-}
-
-/// Remembers the state this thread's unlock of `state` left.
-#[inline(always)]
-fn remember_unlock<A>(state: &A, v: u64) {
-    if !cfg!(loom) {
-        LAST_UNLOCK.with(|c| c.set((state as *const A as usize, v)));
-    }
+    v & !WAITERS == 0
 }
 
 /// The calling thread as a record names it.
@@ -221,6 +183,7 @@ enum Verdict {
 pub(crate) struct Word<A = AtomicU64> {
     state: A,
     owner: A,
+    pid: A,
     detail: A,
 }
 
@@ -229,6 +192,7 @@ impl Word<AtomicU64> {
         Word {
             state: AtomicU64::new(0),
             owner: AtomicU64::new(0),
+            pid: AtomicU64::new(0),
             detail: AtomicU64::new(0),
         }
     }
@@ -242,6 +206,12 @@ impl Word<AtomicU64> {
             return Ok(());
         }
         self.lock_slow(&me, &Kernel, deadline)
+    }
+
+    /// Releases the lock held by the calling thread (see `unlock_by`).
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        self.unlock_by(&current_identity());
     }
 
     /// Whether the calling thread owns the word.
@@ -262,73 +232,93 @@ impl<A: Atom> Word<A> {
         self.state.load(Ordering::Relaxed)
     }
 
-    /// Stores who took the state `v`.
+    /// Stores who took the state (the caller just did): nothing when the
+    /// record is already the caller's (it held the lock last).
     #[inline(always)]
-    fn publish(&self, v: u64, me: &ThreadIdentity) {
+    fn publish(&self, me: &ThreadIdentity) {
+        if self.owner.load(Ordering::Relaxed) == me.locked() {
+            // Ours, whole: a later acquirer's record would have replaced
+            // `owner`, and its stores happen-before our CAS (through its
+            // unlock's Release), so this load would have seen it.
+            return;
+        }
+        // A seqlock over the three words: `owner` is 0 while the others
+        // change, so a reader that saw a field of this record and an
+        // earlier `owner` notices (its second look at `owner` differs).
+        self.owner.store(0, Ordering::Relaxed);
+        // Release fence: orders the 0 above before the field stores below,
+        // pairing with the Acquire fence in `owner_of`.
+        A::fence(Ordering::Release);
         self.detail.store(me.detail, Ordering::Relaxed);
+        self.pid.store(u64::from(me.pid), Ordering::Relaxed);
         // Release: a waiter that reads this record with Acquire (in
-        // `owner_of`) also sees the `detail` stored just above.
-        self.owner
-            .store(record(v, me.tid, me.pid), Ordering::Release);
+        // `owner_of`) also sees `detail` and `pid` stored just above.
+        self.owner.store(me.locked(), Ordering::Release);
     }
 
-    /// The owner record if it belongs to the acquisition that produced `v`.
+    /// The owner record if it belongs to the state `v` and was read whole
+    /// (not while a new owner was writing it).
     fn owner_of(&self, v: u64) -> Option<Owner> {
-        // Acquire: pairs with the Release store in `publish`.
-        let rec = self.owner.load(Ordering::Acquire);
-        let tid = v & TID_MASK;
-        if tid == 0 || rec != record(v, tid as u32, (rec & PID_MASK) as u32) {
+        // Acquire: pairs with the Release store in `publish`: the fields
+        // read below are at least that record's.
+        let owner = self.owner.load(Ordering::Acquire);
+        if v & TID_MASK == 0 || owner != v & OWNER_MASK {
+            return None;
+        }
+        let pid = (self.pid.load(Ordering::Relaxed) & TID_MASK) as u32;
+        let detail = self.detail.load(Ordering::Relaxed);
+        // Acquire fence: pairs with the Release fence in `publish`; had we
+        // read a field of a newer record, this load sees its `owner` (0 or
+        // the new value), not the one we started from.
+        A::fence(Ordering::Acquire);
+        if self.owner.load(Ordering::Relaxed) != owner {
             return None;
         }
         Some(Owner {
-            tid: tid as u32,
-            pid: (rec & PID_MASK) as u32,
-            detail: self.detail.load(Ordering::Relaxed),
+            tid: (v & TID_MASK) as u32,
+            pid,
+            detail,
         })
     }
 
-    /// Whether `me` owns the word. Relaxed loads suffice: if `me` owns it,
-    /// `me` wrote the state and the record itself, and a thread always
-    /// reads its own latest writes (or later ones, which another thread
-    /// could only make after a takeover, changing the state).
+    /// Whether `me` owns the word: its locked value is the state's, and
+    /// its record is there. Relaxed loads suffice: if `me` owns the word,
+    /// `me` wrote all of it (or found it its own), and a thread reads its
+    /// own latest writes.
     pub(crate) fn held_by(&self, me: &ThreadIdentity) -> bool {
         let v = self.load();
-        v & TID_MASK == u64::from(me.tid)
-            && v & NOT_RECOVERABLE == 0
+        v & (OWNER_MASK | NOT_RECOVERABLE) == me.locked()
             && self.owner_of(v) == Some(owner_of_me(me))
     }
 
-    /// The uncontended path: one CAS (from the state this thread's last
-    /// unlock of this word left, when it remembers one, see
-    /// [`LAST_UNLOCK`]; else from a load), two stores.
+    /// The uncontended path: one CAS from 0, and a load of the record.
     #[inline(always)]
     pub(crate) fn try_fast(&self, me: &ThreadIdentity) -> bool {
-        let v = last_unlock(&self.state).unwrap_or_else(|| self.state.load(Ordering::Relaxed));
-        self.try_from(v, me)
+        self.try_from(0, me)
     }
 
-    /// One acquisition attempt from the state `v` believed current; a
-    /// wrong belief costs one more CAS, from the value the failed one read.
+    /// An acquisition attempt from the state `v` believed current; a wrong
+    /// belief costs one more CAS, from the value the failed one read.
     #[inline(always)]
     fn try_from(&self, mut v: u64, me: &ThreadIdentity) -> bool {
         for _ in 0..2 {
             if !clean_unlocked(v) {
                 return false;
             }
-            let new = next_epoch(v) | u64::from(me.tid);
-            // Acquire: pairs with the Release RMW in `unlock`, so the
+            // Acquire: pairs with the Release RMW in `unlock_by`, so the
             // previous owner's critical section happens-before ours.
             // Release: pairs with a waiter's Acquire load of this state in
             // `lock_slow`, so what this thread did before (its very
             // existence, for the model's oracle; the kernel orders a
             // thread's creation before its first step) is visible to a
-            // waiter that judges this state's owner.
+            // waiter that judges this state's owner. WAITERS is dropped: we
+            // did not sleep (see the state table).
             match self
                 .state
-                .compare_exchange(v, new, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(v, me.locked(), Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.publish(new, me);
+                    self.publish(me);
                     return true;
                 }
                 Err(current) => v = current,
@@ -378,18 +368,15 @@ impl<A: Atom> Word<A> {
             if v & NOT_RECOVERABLE != 0 {
                 return Err(LockError::NotRecoverable);
             }
-            if v & TID_MASK == 0 {
-                let new = next_epoch(v)
-                    | u64::from(me.tid)
-                    | (v & INCONSISTENT)
-                    | if slept { WAITERS } else { 0 };
-                // AcqRel: as in `try_fast`.
+            if v & OWNER_MASK == 0 {
+                let new = me.locked() | (v & INCONSISTENT) | if slept { WAITERS } else { 0 };
+                // AcqRel: as in `try_from`.
                 if self
                     .state
                     .compare_exchange(v, new, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    self.publish(new, me);
+                    self.publish(me);
                     return if v & INCONSISTENT != 0 {
                         Err(LockError::OwnerDied(()))
                     } else {
@@ -401,9 +388,9 @@ impl<A: Atom> Word<A> {
                 }
                 continue;
             }
-            // The record is read only when it matters (our own tid, or a
-            // check): a waiter's read pulls the owner's cache line away.
-            let owner = if v & TID_MASK == u64::from(me.tid) || check_owner {
+            // The record is read only when it matters (our own locked
+            // value, or a check): a waiter's read pulls the owner's line.
+            let owner = if v & OWNER_MASK == me.locked() || check_owner {
                 self.owner_of(v)
             } else {
                 None
@@ -501,19 +488,20 @@ impl<A: Atom> Word<A> {
 
     /// Takes over from a dead owner: CAS from the exact state examined, so
     /// of several waiters that saw the same death only one wins, and none
-    /// wins if anyone acquired since (the epoch moved). Keeps `WAITERS` so
-    /// that our unlock wakes the others.
+    /// wins if any other thread took the lock since (its locked value
+    /// differs from the dead owner's). Keeps `WAITERS` so that our unlock
+    /// wakes the others.
     fn take_over(&self, observed: u64, me: &ThreadIdentity) -> bool {
-        let new = next_epoch(observed) | u64::from(me.tid) | INCONSISTENT | (observed & WAITERS);
+        let new = me.locked() | INCONSISTENT | (observed & WAITERS);
         // Acquire: whatever the dead owner's critical section published (see
         // the module docs on death and ordering) is visible to the repairer.
-        // Release: as in `try_fast`, for waiters judging the new owner.
+        // Release: as in `try_from`, for waiters judging the new owner.
         if self
             .state
             .compare_exchange(observed, new, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            self.publish(new, me);
+            self.publish(me);
             true
         } else {
             false
@@ -532,20 +520,16 @@ impl<A: Atom> Word<A> {
         v & INCONSISTENT != 0 && v & NOT_RECOVERABLE == 0
     }
 
-    /// Releases the lock held by the caller. An inconsistent lock stays
-    /// inconsistent: the next locker gets `OwnerDied`.
-    #[inline]
-    pub(crate) fn unlock(&self) {
-        // One RMW, no load first: clear the tid and WAITERS, keep the epoch
-        // and INCONSISTENT (only the owner changes those, and we own the
-        // word; NOT_RECOVERABLE is never set while held). Waiters only add
-        // WAITERS, which the returned value reports.
+    /// Releases the lock held by `me` (the caller). An inconsistent lock
+    /// stays inconsistent: the next locker gets `OwnerDied`.
+    #[inline(always)]
+    pub(crate) fn unlock_by(&self, me: &ThreadIdentity) {
+        // One RMW that needs no load first (a `fetch_and` would be a CAS
+        // loop): subtract our locked value, which is the state's owner bits
+        // since we own the word, leaving INCONSISTENT and WAITERS. The next
+        // acquirer clears WAITERS unless it slept itself.
         // Release: publishes our critical section to the next Acquire CAS.
-        let old = self
-            .state
-            .fetch_and(!(TID_MASK | WAITERS), Ordering::Release);
-        remember_unlock(&self.state, old & !(TID_MASK | WAITERS));
-        if old & WAITERS != 0 {
+        if self.state.fetch_sub(me.locked(), Ordering::Release) & WAITERS != 0 {
             self.state.wake(1);
         }
     }
@@ -554,11 +538,9 @@ impl<A: Atom> Word<A> {
     /// and every waiter must hear so.
     #[cold]
     pub(crate) fn give_up(&self) {
-        let v = self.state.load(Ordering::Relaxed);
         // Release: orders our writes before the final state (later lockers
         // only report it, but keep it tidy).
-        self.state
-            .swap((v & EPOCH_MASK) | NOT_RECOVERABLE, Ordering::Release);
+        self.state.swap(NOT_RECOVERABLE, Ordering::Release);
         self.state.wake(u32::MAX);
     }
 }
@@ -582,45 +564,46 @@ mod tests {
     }
 
     #[test]
-    fn epochs_and_records() {
-        assert_eq!(next_epoch(0), 1 << 22);
-        assert_eq!(
-            next_epoch(EPOCH_MASK | WAITERS | 5),
-            0,
-            "wraps, drops flags"
-        );
-        let v = next_epoch(7 << 22) | 42;
-        let r = record(v, 42, 99);
-        assert_eq!(r >> TAG_SHIFT, 8);
-        assert_eq!((r >> 22) & TID_MASK, 42);
-        assert_eq!(r & PID_MASK, 99);
-        assert!(clean_unlocked(EPOCH_MASK));
+    fn locked_values_and_masks() {
+        let me = me();
+        assert_eq!(me.locked() & TID_MASK, u64::from(me.tid));
+        assert_eq!(me.locked() & !OWNER_MASK, 0, "no flag bits");
+        assert!(clean_unlocked(0));
+        assert!(clean_unlocked(WAITERS));
         assert!(!clean_unlocked(INCONSISTENT));
+        assert!(!clean_unlocked(NOT_RECOVERABLE));
         assert!(!clean_unlocked(1));
+        assert!(!clean_unlocked(1 << 40));
     }
 
     #[test]
-    fn uncontended_lock_unlock_moves_the_epoch() {
+    fn uncontended_lock_unlock_writes_the_record_once() {
         let w = Word::new();
         let me = me();
-        for round in 1..=3u64 {
+        for _ in 0..3 {
             w.lock(Deadline::Never).unwrap();
-            assert_eq!(w.load(), round << 22 | u64::from(me.tid));
+            assert_eq!(w.load(), me.locked());
             assert!(w.held_by(&me));
+            assert_eq!(w.owner.load(Ordering::Relaxed), me.locked());
+            assert_eq!(w.pid.load(Ordering::Relaxed), u64::from(me.pid));
+            assert_eq!(w.detail.load(Ordering::Relaxed), me.detail);
             assert_eq!(w.lock(Deadline::Now), Err(LockError::WouldDeadlock));
             w.unlock();
-            assert_eq!(w.load(), round << 22);
+            assert_eq!(w.load(), 0);
             assert!(!w.held_by(&me));
         }
     }
 
     #[test]
-    fn waiters_bit_is_dropped_by_unlock() {
+    fn waiters_bit_is_dropped_by_the_next_acquirer_that_did_not_sleep() {
         let w = Word::new();
         w.lock(Deadline::Never).unwrap();
         w.state.fetch_or(WAITERS, Ordering::Relaxed);
         w.unlock();
-        assert_eq!(w.load(), 1 << 22);
+        assert_eq!(w.load(), WAITERS, "unlock leaves it");
+        w.lock(Deadline::Now).unwrap();
+        assert_eq!(w.load(), me().locked());
+        w.unlock();
     }
 
     #[test]
@@ -629,13 +612,13 @@ mod tests {
         assert_eq!(w.lock(Deadline::Never), Err(LockError::OwnerDied(())));
         assert!(w.is_inconsistent());
         w.unlock();
-        assert_eq!(w.load(), INCONSISTENT | 1 << 22);
+        assert_eq!(w.load(), INCONSISTENT);
         assert_eq!(w.lock(Deadline::Now), Err(LockError::OwnerDied(())));
         w.mark_consistent();
         w.unlock();
         assert_eq!(w.lock(Deadline::Now), Ok(()));
         w.give_up();
-        assert_eq!(w.load() & NOT_RECOVERABLE, NOT_RECOVERABLE);
+        assert_eq!(w.load(), NOT_RECOVERABLE);
         assert_eq!(w.lock(Deadline::Never), Err(LockError::NotRecoverable));
         assert_eq!(w.lock(Deadline::Now), Err(LockError::NotRecoverable));
     }
@@ -713,22 +696,27 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_record_separates_threads_that_share_a_tid() {
-        // A record of "our tid, another thread" (a dead predecessor with the
-        // same tid, of another process): not ours, and dead.
+    fn the_state_and_record_separate_threads_that_share_a_tid() {
+        // A dead predecessor with our tid, of another process: another tag,
+        // another record. Not ours, and dead.
         let me = me();
-        let w = word(3 << 22 | u64::from(me.tid));
         let impostor = ThreadIdentity {
             tid: me.tid,
             pid: 0x3f_fff1,
             detail: ThreadIdentity::pack(1, 1, false),
+            tag: me.tag ^ 1,
         };
-        w.publish(w.load(), &impostor);
+        let w = word(impostor.locked());
+        w.publish(&impostor);
         assert!(!w.held_by(&me));
         assert_eq!(w.lock(Deadline::Now), Err(LockError::OwnerDied(())));
         assert!(w.held_by(&me));
         w.mark_consistent();
         w.unlock();
+        // Our tag with the impostor's record (a scribble): not held either.
+        let w = word(me.locked());
+        w.publish(&impostor);
+        assert!(!w.held_by(&me));
     }
 }
 
@@ -751,6 +739,7 @@ mod loom_tests {
         Word {
             state: LoomU64::new(state),
             owner: LoomU64::new(0),
+            pid: LoomU64::new(0),
             detail: LoomU64::new(0),
         }
     }
@@ -762,6 +751,7 @@ mod loom_tests {
             tid: i + 1,
             pid,
             detail: ThreadIdentity::pack(100 + u64::from(i), i + 1, true),
+            tag: u64::from(i) + 1,
         }
     }
 
@@ -880,13 +870,13 @@ mod loom_tests {
                     let me = ident(0, 1);
                     lock(&w, &me, &o, Deadline::Never).unwrap();
                     bump(&cell, 1);
-                    w.unlock();
+                    w.unlock_by(&me);
                 })
             };
             let me = ident(1, 1);
             if lock(&w, &me, &o, Deadline::Now).is_ok() {
                 bump(&cell, 10);
-                w.unlock();
+                w.unlock_by(&me);
             }
             t.join().unwrap();
             let v = read(&cell);
@@ -918,11 +908,11 @@ mod loom_tests {
                                 died.fetch_add(1, Ordering::SeqCst);
                                 bump(&cell, 1);
                                 w.mark_consistent();
-                                w.unlock();
+                                w.unlock_by(&me);
                             }
                             Ok(()) => {
                                 bump(&cell, 1);
-                                w.unlock();
+                                w.unlock_by(&me);
                             }
                             Err(LockError::WouldBlock) => {}
                             Err(e) => panic!("{e:?}"),
@@ -937,10 +927,10 @@ mod loom_tests {
         });
     }
 
-    /// The ABA the epoch exists for: thread 0 (another process) holds the
+    /// The ABA the tag exists for: thread 0 (another process) holds the
     /// lock, unlocks and "dies"; thread 1 takes the lock meanwhile with the
-    /// same tid (a recycled tid: same tid, new identity). A waiter that
-    /// examined thread 0's state must never take over from thread 1.
+    /// same tid (a recycled tid: same tid, another tag and record). A waiter
+    /// that examined thread 0's state must never take over from thread 1.
     #[test]
     fn loom_a_waiter_never_takes_over_from_a_live_owner_with_a_recycled_tid() {
         builder().check(|| {
@@ -953,14 +943,14 @@ mod loom_tests {
                 let (w, o, cell) = (w.clone(), o.clone(), cell.clone());
                 thread::spawn(move || {
                     // Thread 0 unlocks and exits; its tid goes to thread 1.
-                    w.unlock();
+                    w.unlock_by(&first);
                     o.die(0);
                     o.start(1);
                     let mut recycled = ident(1, 2);
                     recycled.tid = first.tid;
                     if lock(&w, &recycled, &o, Deadline::Now).is_ok() {
                         bump(&cell, 1);
-                        w.unlock();
+                        w.unlock_by(&recycled);
                     }
                 })
             };
@@ -969,7 +959,7 @@ mod loom_tests {
                 Ok(()) | Err(LockError::OwnerDied(())) => {
                     bump(&cell, 1);
                     w.mark_consistent();
-                    w.unlock();
+                    w.unlock_by(&me);
                 }
                 Err(LockError::WouldBlock) => {}
                 Err(e) => panic!("{e:?}"),
@@ -992,7 +982,7 @@ mod loom_tests {
                     let me = ident(0, 1);
                     if lock(&w, &me, &o, Deadline::Now).is_ok() {
                         bump(&cell, 1);
-                        w.unlock();
+                        w.unlock_by(&me);
                     }
                 })
             };
@@ -1000,7 +990,7 @@ mod loom_tests {
             match lock(&w, &me, &o, Deadline::Now) {
                 Ok(()) => {
                     bump(&cell, 1);
-                    w.unlock();
+                    w.unlock_by(&me);
                 }
                 Err(LockError::WouldBlock) => {}
                 Err(e) => panic!("{e:?}"),
@@ -1025,7 +1015,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     let other = ident(1, 2);
                     match lock(&w, &other, &o, Deadline::Now) {
-                        Err(LockError::OwnerDied(())) => w.unlock(), // stays inconsistent
+                        Err(LockError::OwnerDied(())) => w.unlock_by(&other), // stays inconsistent
                         r => panic!("{r:?}"),
                     }
                 })
@@ -1035,7 +1025,7 @@ mod loom_tests {
                 Err(LockError::Abandoned) | Err(LockError::WouldBlock) => {}
                 // After the other process repaired nothing and released:
                 // the next locker hears of the death again.
-                Err(LockError::OwnerDied(())) => w.unlock(),
+                Err(LockError::OwnerDied(())) => w.unlock_by(&me),
                 r => panic!("{r:?}"),
             }
             t.join().unwrap();
@@ -1054,11 +1044,11 @@ mod loom_tests {
             assert!(w.try_fast(&holder));
             let t = {
                 let w = w.clone();
-                thread::spawn(move || w.unlock())
+                thread::spawn(move || w.unlock_by(&holder))
             };
             let me = ident(1, 1);
             lock(&w, &me, &o, Deadline::Never).unwrap();
-            w.unlock();
+            w.unlock_by(&me);
             t.join().unwrap();
             assert!(clean_unlocked(w.load()));
         });
