@@ -15,7 +15,7 @@
 //! its owner beside it (see the state table in `word.rs`), so it works
 //! between threads and between processes that map the same bytes, at any
 //! address. Uncontended lock and unlock are one compare-and-swap and one
-//! atomic and-not, with no system call.
+//! atomic subtraction, with no system call.
 //!
 //! # When the holder dies
 //!
