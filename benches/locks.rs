@@ -5,6 +5,11 @@
 //! mapping of a named segment, in the same run.
 //!
 //! - `lock_uncontended`: lock + unlock pairs in one process (ns/pair).
+//! - `lock_write_unlock`: lock, one write through the guard, unlock (ns);
+//!   the write goes through `DerefMut`, which checks that the guard was
+//!   taken in this process (not inherited across `fork`).
+//! - after the table, the cost of that check alone: a write through the
+//!   guard against a write through a plain `&mut` (ns per write).
 //! - `lock_contended`: 2 forked processes, pinned to different CPUs,
 //!   increment a counter under the lock until it reaches 2,000,000 (Mops/s).
 //! - `pingpong`: 2 processes pass a token through lock + condvar 100,000
@@ -156,6 +161,56 @@ fn uncontended(kind: Kind) -> f64 {
             t0.elapsed()
         }
     };
+    t.as_nanos() as f64 / UNCONTENDED_PAIRS as f64
+}
+
+fn write_unlock(kind: Kind) -> f64 {
+    let (_name, mut m) = segment();
+    let t = match kind {
+        Kind::Shmutils => {
+            let l = m.init(OBJ, Lock::new(0u64)).unwrap();
+            let t0 = Instant::now();
+            for i in 0..UNCONTENDED_PAIRS {
+                match l.lock() {
+                    Ok(mut g) => **black_box(&mut g) = i,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            t0.elapsed()
+        }
+        _ => {
+            let p = Pthread::init(&m, kind == Kind::PthreadRobust);
+            let t0 = Instant::now();
+            for i in 0..UNCONTENDED_PAIRS {
+                p.lock();
+                // SAFETY: the counter is protected by the held mutex.
+                unsafe { *black_box(p.counter) = i };
+                p.unlock();
+            }
+            t0.elapsed()
+        }
+    };
+    t.as_nanos() as f64 / UNCONTENDED_PAIRS as f64
+}
+
+/// ns per write through one held guard (`with_check`) or through a plain
+/// `&mut` taken from it once: the fork check's cost per access.
+fn deref_cost(with_check: bool) -> f64 {
+    let l = Lock::new(0u64);
+    let mut g = l.lock().unwrap();
+    let t0 = Instant::now();
+    if with_check {
+        for i in 0..UNCONTENDED_PAIRS {
+            **black_box(&mut g) = i;
+        }
+    } else {
+        let r: &mut u64 = &mut g;
+        for i in 0..UNCONTENDED_PAIRS {
+            *black_box(&mut *r) = i;
+        }
+    }
+    let t = t0.elapsed();
+    drop(g);
     t.as_nanos() as f64 / UNCONTENDED_PAIRS as f64
 }
 
@@ -327,12 +382,20 @@ fn main() {
         u64,
         &'static str,
     );
-    let rows: [Row; 3] = [
+    let rows: [Row; 4] = [
         (
             "lock_uncontended",
             "ns/pair",
             true,
             uncontended,
+            UNCONTENDED_PAIRS,
+            "ratio <= 1",
+        ),
+        (
+            "lock_write_unlock",
+            "ns/pair",
+            true,
+            write_unlock,
             UNCONTENDED_PAIRS,
             "ratio <= 1",
         ),
@@ -365,4 +428,11 @@ fn main() {
             cell(b.map(|b| s / b), 3),
         );
     }
+    let checked = best(true, || deref_cost(true));
+    let plain = best(true, || deref_cost(false));
+    println!(
+        "fork check: a write through a guard {checked:.2} ns, through a plain &mut {plain:.2} ns \
+         (+{:.2} ns per access)",
+        checked - plain
+    );
 }

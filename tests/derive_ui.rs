@@ -17,8 +17,8 @@ fn derive_rejections() {
     // Not the derive's, but the same machinery: the library's API refuses
     // at compile time what would be unsound (DESIGN.md rule 2): freeing and
     // forging without `unsafe`, references outliving a box or a segment, a
-    // byte write while a typed reference into a mapping lives, absolute
-    // addressing on a relative mapping.
+    // byte write while a typed reference into a mapping lives, a reentrant
+    // lock guard's `DerefMut`, absolute addressing on a relative mapping.
     t.compile_fail("tests/ui-api/*.rs");
 }
 

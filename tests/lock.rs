@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lock_support::{await_flag, segment};
-use shmutils::{Lock, LockError, MappedMemory, RLock, RawLock};
+use shmutils::{Lock, LockError, MappedMemory, RLock, RawLock, RawMutex};
 use shmutils_workspace::fork;
 
 const LOCK: usize = 64;
@@ -278,21 +278,29 @@ fn unsafe_copy_of<G>(g: &G) -> G {
 /// a typed error comes back.
 #[test]
 fn garbage_in_the_lock_word_gives_a_typed_outcome() {
+    const WAITERS: u64 = 1 << 63;
+    const INCONSISTENT: u64 = 1 << 62;
+    const NOT_RECOVERABLE: u64 = 1 << 61;
     let (_name, mut m) = segment("lock-garbage");
-    let main_thread = std::process::id(); // alive, and not this test's thread
-    let cases: [u32; 8] = [
-        1,                         // tid 1: init, alive -> times out
-        0x8000_0000,               // WAITERS with no owner
-        0x4000_0000,               // INCONSISTENT with no owner
-        0x3fff_ffff,               // NOT_RECOVERABLE
-        0xffff_ffff,               // everything
-        0x0100_0000,               // a tid above PID_MAX_LIMIT
-        0x4000_0000 | main_thread, // inconsistent, live owner -> times out
-        0x8000_0000 | 99999,       // WAITERS + a tid that is usually free
+    let main_thread = u64::from(std::process::id()); // alive, not this test's thread
+    let cases: [u64; 9] = [
+        1,                                  // tid 1: init, alive -> times out
+        WAITERS,                            // WAITERS with no owner: unlocked
+        INCONSISTENT,                       // unlocked, inconsistent -> OwnerDied
+        NOT_RECOVERABLE,                    // final
+        u64::MAX,                           // everything
+        0x3f_fff0,                          // a tid no thread has
+        INCONSISTENT | main_thread,         // inconsistent, live owner -> times out
+        WAITERS | 99_999 | 77 << 22,        // WAITERS + a tid that is usually free
+        0x0123_4567_89ab_cdef & !(7 << 61), // random bits, no final flag
     ];
     for (i, &w) in cases.iter().enumerate() {
         let off = 256 + 64 * i;
         m.write(off, &w.to_ne_bytes()).unwrap();
+        // A scribbled owner record too.
+        m.write(off + 8, &0xdead_beef_dead_beef_u64.to_ne_bytes())
+            .unwrap();
+        m.write(off + 16, &u64::MAX.to_ne_bytes()).unwrap();
         let raw = RawLock::from_mapping(&m, off).unwrap();
         let t0 = Instant::now();
         let r = raw.lock_timeout(Duration::from_millis(30));
@@ -312,10 +320,10 @@ fn garbage_in_the_lock_word_gives_a_typed_outcome() {
                 // SAFETY: as above.
                 unsafe { raw.unlock() };
             }
-            Err(LockError::NotRecoverable) => assert_eq!(w & 0x7fff_ffff, 0x3fff_ffff),
+            Err(LockError::NotRecoverable) => assert_ne!(w & NOT_RECOVERABLE, 0),
             Err(LockError::TimedOut) => {
                 assert!(t0.elapsed() >= Duration::from_millis(30));
-                let tid = w & 0x3fff_ffff;
+                let tid = w & 0x3f_ffff;
                 assert!(
                     std::path::Path::new(&format!("/proc/{tid}")).exists(),
                     "{w:#x}: only a live owner may time out"
@@ -324,4 +332,68 @@ fn garbage_in_the_lock_word_gives_a_typed_outcome() {
             Err(e) => panic!("{w:#x}: unexpected {e:?}"),
         }
     }
+}
+
+/// A guard inherited by a forked child gives no access there: using it
+/// panics (the child exits with the fork helper's panic status, 101).
+#[test]
+fn a_guard_inherited_across_fork_panics_on_use_in_the_child() {
+    let (_name, mut m) = segment("lock-guard-fork-use");
+    let (lock, _flag) = lock_and_flag(&mut m);
+    let mut g = lock.lock().unwrap();
+    *g = 5;
+    let read = fork(|| {
+        let copy = unsafe_copy_of(&g);
+        let v = *copy; // panics
+        std::mem::forget(copy);
+        i32::try_from(v).unwrap_or(0)
+    });
+    assert_eq!(read.wait(), 101, "deref in the child must panic");
+    let write = fork(|| {
+        let mut copy = unsafe_copy_of(&g);
+        *copy = 6; // panics
+        0
+    });
+    assert_eq!(write.wait(), 101, "deref_mut in the child must panic");
+    let repair = fork(|| {
+        unsafe_copy_of(&g).mark_consistent(); // panics
+        0
+    });
+    assert_eq!(
+        repair.wait(),
+        101,
+        "mark_consistent in the child must panic"
+    );
+    // The parent's guard is untouched and still works.
+    assert_eq!(*g, 5);
+    *g = 7;
+    drop(g);
+    assert_eq!(*lock.lock().unwrap(), 7);
+}
+
+/// `?` on a lock result compiles into `Box<dyn Error>` and
+/// `Box<dyn Error + Send + Sync>`, and gives the lock's error.
+#[test]
+fn question_mark_into_boxed_dyn_error() {
+    fn f(lock: &Lock<u64>) -> Result<(), Box<dyn std::error::Error>> {
+        let _g = lock.lock()?;
+        Ok(())
+    }
+    fn g(lock: &RLock<u64>) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let g = lock.try_lock()?;
+        Ok(*g)
+    }
+    let l = Lock::new(1u64);
+    f(&l).unwrap();
+    let held = l.lock().unwrap();
+    let e = f(&l).unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<LockError<()>>(),
+            Some(LockError::WouldDeadlock)
+        ),
+        "{e}"
+    );
+    drop(held);
+    assert_eq!(g(&RLock::new(2)).unwrap(), 2);
 }

@@ -3,6 +3,11 @@
 //! holder dead at depth 3, a spawned holder, and an unreaped (zombie) one.
 //! Each `OwnerDied` must come within 50 ms of the death (measured from the
 //! moment the holder is reaped, or its thread joined).
+//!
+//! And what must never be recovered: a thread of *this* process that
+//! exited holding a lock (`Abandoned`, no second guard), also when the
+//! kernel gave its tid to a new thread (forced through
+//! `/proc/sys/kernel/ns_last_pid` when running as root).
 
 mod lock_support;
 
@@ -12,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lock_support::{await_flag, park, segment, wait_until, DEATH_BOUND};
-use shmutils::{Lock, LockError, MappedMemory, RLock};
+use shmutils::{Lock, LockError, MappedMemory, RLock, RawMutex};
 use shmutils_workspace::{fork, Child};
 
 const FLAG: usize = 0;
@@ -89,12 +94,39 @@ fn sigkilled_holder_gives_owner_died_and_mark_consistent_recovers() {
 }
 
 #[test]
-fn unrepaired_owner_died_guard_makes_the_lock_not_recoverable_for_everyone() {
+fn unrepaired_owner_died_guard_passes_owner_died_on_and_give_up_is_final_everywhere() {
     let (_name, mut m) = segment("robust-nr");
     let s = place(&mut m);
     dying_holder(&s, 7).kill();
     let g = expect_owner_died(s.lock, Instant::now());
-    drop(g); // no mark_consistent
+    drop(g); // no mark_consistent: released, still inconsistent
+    assert!(!s.lock.is_locked());
+    // `?` drops the guard the same way.
+    let through_question_mark = || -> shmutils::Result<()> {
+        *s.lock.lock()? += 1;
+        Ok(())
+    };
+    assert!(matches!(
+        through_question_mark(),
+        Err(shmutils::Error::Lock(shmutils::LockErrorKind::OwnerDied))
+    ));
+    // Another process hears it too, repairs nothing, releases.
+    let other = fork(|| match s.lock.lock() {
+        Err(LockError::OwnerDied(g)) if *g == 7 => 0,
+        _ => 1,
+    });
+    assert_eq!(other.wait(), 0, "another process gets OwnerDied too");
+    // The next locker repairs: from then on Ok.
+    let mut g = match s.lock.try_lock() {
+        Err(LockError::OwnerDied(g)) => g,
+        other => panic!("expected OwnerDied, got {:?}", other.map(drop)),
+    };
+    *g = 8;
+    g.mark_consistent();
+    drop(g);
+    assert_eq!(*s.lock.lock().unwrap(), 8);
+    // A holder that gives up makes it final, for every process.
+    s.lock.lock().unwrap().make_not_recoverable();
     assert!(matches!(s.lock.lock(), Err(LockError::NotRecoverable)));
     assert!(matches!(s.lock.try_lock(), Err(LockError::NotRecoverable)));
     assert!(matches!(
@@ -202,9 +234,10 @@ fn rlock_holder_dies_at_depth_3() {
     assert!(since.elapsed() < DEATH_BOUND, "after {:?}", since.elapsed());
     assert_eq!(lock.depth(), 1, "the dead owner's depth is not inherited");
     assert_eq!(g.load(Ordering::SeqCst), 3);
-    // Re-entry while inconsistent works; the last unlock decides.
+    // Re-entry while inconsistent works (this thread heard OwnerDied).
     let inner = lock.lock().unwrap();
     assert_eq!(lock.depth(), 2);
+    assert!(inner.is_inconsistent());
     inner.mark_consistent();
     drop(inner);
     drop(g);
@@ -258,4 +291,216 @@ fn exited_but_unreaped_holder_counts_as_dead() {
     g.mark_consistent();
     drop(g);
     assert_eq!(child.wait(), 0);
+}
+
+/// The case: a thread locks, leaks its guard, hands the `&mut`
+/// out of a scoped thread and exits. The next `lock` in this process gets
+/// `Abandoned` (no second `&mut`), promptly, every time; another process,
+/// whose memory holds no such reference, may recover it.
+#[test]
+fn a_leaked_guard_of_an_exited_thread_is_abandoned_never_a_second_guard() {
+    let (_name, mut m) = segment("robust-leak");
+    let s = place(&mut m);
+    let leaked: &mut u64 = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let g = Box::leak(Box::new(s.lock.lock().unwrap()));
+            &mut **g
+        })
+        .join()
+        .unwrap()
+    });
+    *leaked = 11;
+    // The scope ends before the thread's destructors run: give the
+    // registry up to one check to notice, as a waiter would.
+    let since = Instant::now();
+    assert!(matches!(s.lock.lock(), Err(LockError::Abandoned)));
+    assert!(since.elapsed() < DEATH_BOUND, "after {:?}", since.elapsed());
+    for _ in 0..3 {
+        assert!(matches!(s.lock.try_lock(), Err(LockError::Abandoned)));
+        assert!(matches!(
+            s.lock.lock_timeout(Duration::from_secs(5)),
+            Err(LockError::Abandoned)
+        ));
+    }
+    let e = s.lock.lock().map(drop).unwrap_err();
+    assert!(e.to_string().contains("this process"), "{e}");
+    *leaked += 1; // still the only reference in this process
+    assert_eq!(*leaked, 12);
+    // Another process recovers (its memory has no reference to the value).
+    let other = fork(|| match s.lock.lock() {
+        Err(LockError::OwnerDied(g)) if *g == 12 => {
+            g.mark_consistent();
+            0
+        }
+        _ => 1,
+    });
+    assert_eq!(other.wait(), 0);
+}
+
+/// Tries to make the kernel give `tid` to a new thread of this process:
+/// writes `tid - 1` to `/proc/sys/kernel/ns_last_pid`, spawns, checks.
+/// Other processes creating threads race with it, so a few tries. `None`
+/// (with a message) when not root or the tid would not land.
+fn with_recycled_tid<R: Send>(tid: u32, body: impl FnOnce() -> R + Send) -> Option<R> {
+    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: forcing a tid needs root ({NS_LAST_PID})");
+        return None;
+    }
+    let mut body = Some(body);
+    for _ in 0..50 {
+        if std::fs::write(NS_LAST_PID, (tid - 1).to_string()).is_err() {
+            eprintln!("skipped: {NS_LAST_PID} is not writable");
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+        let slot = &mut body;
+        let result = std::thread::scope(|sc| {
+            let h = sc.spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                if go_rx.recv().unwrap() {
+                    Some(slot.take().unwrap()())
+                } else {
+                    None
+                }
+            });
+            let got = rx.recv().unwrap();
+            go_tx.send(got == tid).unwrap();
+            h.join().unwrap()
+        });
+        if let Some(r) = result {
+            return Some(r);
+        }
+    }
+    eprintln!("skipped: tid {tid} did not land in 50 tries");
+    None
+}
+
+/// A thread that exits with an `RLock` leaked (after a half-finished
+/// update); a new thread that gets its tid must not re-enter: it gets
+/// `Abandoned`, not `Ok` at depth 2, and holds nothing after.
+#[test]
+fn a_thread_with_a_recycled_tid_never_reenters_a_dead_threads_rlock() {
+    let (_name, mut m) = segment("robust-recycle-rlock");
+    m.init(LOCK, RLock::new(AtomicU32::new(0))).unwrap();
+    let lock: &RLock<AtomicU32> = m.get(LOCK).unwrap();
+    let dead_tid = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let g = lock.lock().unwrap();
+            g.store(1, Ordering::SeqCst); // half-finished
+            std::mem::forget(g);
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() as u32 }
+        })
+        .join()
+        .unwrap()
+    });
+    // Let the thread finish exiting (scope returns before its destructors).
+    wait_until(Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/self/task/{dead_tid}")).exists()
+    })
+    .expect("the holder thread never exited");
+    let outcome = with_recycled_tid(dead_tid, || {
+        let t0 = Instant::now();
+        let r = lock.lock().map(|g| g.load(Ordering::SeqCst));
+        let took = t0.elapsed();
+        let try_r = lock.try_lock().map(drop);
+        (
+            matches!(r, Err(LockError::Abandoned)),
+            took,
+            matches!(try_r, Err(LockError::Abandoned)),
+            lock.depth(),
+            lock.raw().is_held_by_current_thread(),
+        )
+    });
+    let Some((abandoned, took, try_abandoned, depth, held)) = outcome else {
+        return;
+    };
+    assert!(
+        abandoned,
+        "the recycled tid re-entered the dead thread's lock"
+    );
+    assert!(took < DEATH_BOUND, "Abandoned after {took:?}");
+    assert!(try_abandoned);
+    assert_eq!(depth, 0);
+    assert!(!held);
+    assert!(lock.is_locked(), "still the dead thread's");
+}
+
+/// A waiter whose lock's dead owner had its tid recycled to a live
+/// thread: it must not wait for that thread. Same process: `Abandoned`;
+/// another process: `OwnerDied`, within 50 ms.
+#[test]
+fn a_dead_owners_recycled_tid_does_not_look_alive() {
+    let (_name, mut m) = segment("robust-recycle-wait");
+    let s = place(&mut m);
+    // 1. This process: a leaked guard, then the tid goes to a live thread.
+    let dead_tid = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::mem::forget(s.lock.lock().unwrap());
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() as u32 }
+        })
+        .join()
+        .unwrap()
+    });
+    wait_until(Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/self/task/{dead_tid}")).exists()
+    })
+    .expect("the holder thread never exited");
+    let lock = s.lock;
+    let outcome = std::thread::scope(|sc| {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let waiter = sc.spawn(move || {
+            // An error: the tid did not land (the body was dropped unrun).
+            ready_rx.recv().ok()?;
+            let t0 = Instant::now();
+            let r = lock.lock().map(drop);
+            let took = t0.elapsed();
+            let _ = stop_tx.send(());
+            Some((matches!(r, Err(LockError::Abandoned)), took))
+        });
+        // The recycled tid stays alive until the waiter is done.
+        with_recycled_tid(dead_tid, move || {
+            ready_tx.send(()).unwrap();
+            let _ = stop_rx.recv_timeout(Duration::from_secs(10));
+        });
+        waiter.join().unwrap()
+    });
+    let Some((abandoned, took)) = outcome else {
+        return;
+    };
+    assert!(
+        abandoned,
+        "expected Abandoned while a live thread has the dead owner's tid"
+    );
+    assert!(took < DEATH_BOUND, "Abandoned after {took:?}");
+    // 2. Another process: its holder is SIGKILLed and a live thread here
+    // gets its tid (the child's pid); the waiter gets OwnerDied.
+    let (_name2, mut m2) = segment("robust-recycle-other");
+    let s2 = place(&mut m2);
+    let child = dying_holder(&s2, 21);
+    let child_tid = child.pid() as u32;
+    assert_eq!(child.kill(), 128 + libc::SIGKILL);
+    let got = with_recycled_tid(child_tid, || {
+        let t0 = Instant::now();
+        match s2.lock.lock() {
+            Err(LockError::OwnerDied(g)) => {
+                let took = t0.elapsed();
+                let v = *g;
+                g.mark_consistent();
+                Some((took, v))
+            }
+            _ => None,
+        }
+    });
+    if let Some(r) = got {
+        let (took, v) = r.expect("expected OwnerDied from a thread that has the dead owner's tid");
+        assert_eq!(v, 21);
+        assert!(took < DEATH_BOUND, "OwnerDied after {took:?}");
+    }
 }

@@ -292,9 +292,9 @@ pub enum Error {
     },
     /// A lock could not be taken cleanly; converted from a
     /// [`LockError`](crate::lock::LockError) by `?`, which drops any guard
-    /// (an `OwnerDied` guard dropped unrepaired makes the lock not
-    /// recoverable).
-    Lock(crate::lock::LockError<()>),
+    /// (an `OwnerDied` guard dropped unrepaired leaves the lock
+    /// inconsistent, so the next locker hears `OwnerDied` in turn).
+    Lock(LockErrorKind),
 }
 
 impl fmt::Display for Error {
@@ -523,9 +523,52 @@ impl From<Error> for io::Error {
     }
 }
 
-impl<G> From<crate::lock::LockError<G>> for Error {
-    fn from(e: crate::lock::LockError<G>) -> Error {
-        Error::Lock(e.without_guard())
+/// Why a lock was not (cleanly) acquired, without the guard that
+/// [`LockError::OwnerDied`](crate::lock::LockError::OwnerDied) carries: see
+/// [`LockError`](crate::lock::LockError) for each case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockErrorKind {
+    /// A thread of another process died holding the lock (or the last
+    /// holder released it unrepaired).
+    OwnerDied,
+    /// A thread of this process exited holding the lock.
+    Abandoned,
+    /// A holder gave up repairing: the lock is unusable.
+    NotRecoverable,
+    /// Another live thread holds the lock (`try_lock`).
+    WouldBlock,
+    /// The time ran out (`lock_timeout`).
+    TimedOut,
+    /// The calling thread already holds this non-recursive lock.
+    WouldDeadlock,
+    /// A recursive lock is held `u32::MAX` times already.
+    RecursionLimit,
+}
+
+impl fmt::Display for LockErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockErrorKind::OwnerDied => {
+                "a thread of another process died while holding the lock; \
+                 the data may be inconsistent and must be repaired, then marked consistent"
+            }
+            LockErrorKind::Abandoned => {
+                "a thread of this process exited while holding the lock (its guard was \
+                 leaked), so the data may still be borrowed: this process cannot use the lock"
+            }
+            LockErrorKind::NotRecoverable => {
+                "the lock is not recoverable: a holder gave up repairing it after its owner died"
+            }
+            LockErrorKind::WouldBlock => "the lock is held by another thread",
+            LockErrorKind::TimedOut => "timed out waiting for the lock",
+            LockErrorKind::WouldDeadlock => {
+                "the calling thread already holds this lock; waiting for it would deadlock"
+            }
+            LockErrorKind::RecursionLimit => {
+                "the recursive lock is already held u32::MAX times by this thread"
+            }
+        })
     }
 }
 

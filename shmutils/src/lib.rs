@@ -64,12 +64,12 @@ pub mod segment;
 pub mod shared;
 pub mod shm;
 
-pub use error::{Error, Result};
+pub use error::{Error, LockErrorKind, Result};
 pub use handle::Handle;
 pub use heap::{CheckReport, HeapCache, HeapStats, SharedBox, SharedHeap, TypeRecord};
 pub use lock::{
-    Condvar, Lock, LockError, LockGuard, LockResult, RLock, RLockGuard, RawLock, RawRLock,
-    WaitTimeoutResult,
+    Condvar, GenericLock, GenericLockGuard, Lock, LockError, LockGuard, LockResult, RLock,
+    RLockGuard, RawLock, RawMutex, RawMutexExclusive, RawRLock, WaitTimeoutResult,
 };
 pub use mmap::{
     munmap, page_size, round_to_page_size, AbsoluteMemory, MapFlags, MapProtections, MappedMemory,

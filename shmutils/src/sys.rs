@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -301,7 +301,7 @@ pub(crate) fn thread_alive(tid: u32) -> bool {
     // SAFETY: signal 0 performs only the existence and permission check.
     let r = unsafe { libc::kill(pid, 0) };
     let exists = r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && !thread_is_zombie(tid)
+    exists && !matches!(proc_any_thread(tid), ProcThread::Found(st) if st.zombie)
 }
 
 /// How a [`futex_wait`] ended.
@@ -321,6 +321,36 @@ pub(crate) enum FutexWait {
 /// `*word == expected`, at most `timeout`. Not `FUTEX_PRIVATE_FLAG`, so it
 /// pairs with [`futex_wake`] from any process mapping the same page.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    futex_wait_at(word.as_ptr(), expected, timeout)
+}
+
+/// The address of the low 32 bits of a 64-bit atomic, the half a lock
+/// state sleeps on (the kernel's futex words are 32-bit).
+fn low_half(word: &AtomicU64) -> *mut u32 {
+    let p = word.as_ptr().cast::<u32>();
+    if cfg!(target_endian = "little") {
+        p
+    } else {
+        p.wrapping_add(1)
+    }
+}
+
+/// [`futex_wait`] on the low 32 bits of a 64-bit atomic. The kernel reads
+/// those 4 bytes itself; no Rust access of another size is made.
+pub(crate) fn futex_wait_low(
+    word: &AtomicU64,
+    expected: u32,
+    timeout: Option<Duration>,
+) -> FutexWait {
+    futex_wait_at(low_half(word), expected, timeout)
+}
+
+/// [`futex_wake`] for sleepers in [`futex_wait_low`].
+pub(crate) fn futex_wake_low(word: &AtomicU64, n: u32) -> usize {
+    futex_wake_at(low_half(word), n)
+}
+
+fn futex_wait_at(word: *mut u32, expected: u32, timeout: Option<Duration>) -> FutexWait {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -328,12 +358,13 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a live, aligned u32 for the whole call and `ts_ptr`
-    // is null or points to a timespec that outlives the call.
+    // SAFETY: `word` points into a live atomic borrowed by the caller for the
+    // whole call, aligned to 4; the kernel only reads it. `ts_ptr` is null or
+    // points to a timespec that outlives the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAIT,
             expected,
             ts_ptr,
@@ -357,12 +388,17 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 /// `futex(FUTEX_WAKE)`: wakes up to `n` waiters of `word`, in any process.
 /// Returns how many were woken.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    futex_wake_at(word.as_ptr(), n)
+}
+
+fn futex_wake_at(word: *mut u32, n: u32) -> usize {
     let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE reads nothing else.
+    // SAFETY: FUTEX_WAKE uses the address only as a key (it reads no
+    // memory); the caller's borrow keeps the mapping alive for the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAKE,
             n,
             std::ptr::null::<libc::timespec>(),
@@ -403,17 +439,168 @@ pub(crate) fn atfork_child(child: unsafe extern "C" fn()) -> io::Result<()> {
     }
 }
 
-/// Whether the thread `tid` has exited but not been reaped yet (a zombie,
-/// state `Z` or `X` in `/proc/TID/stat`). `kill(tid, 0)` still succeeds for
-/// such a thread, so [`thread_alive`] alone would call it alive. Reports
-/// `false` when `/proc` cannot tell (not mounted, or `tid` gone).
-pub(crate) fn thread_is_zombie(tid: u32) -> bool {
-    let Ok(stat) = std::fs::read(format!("/proc/{tid}/stat")) else {
-        return false;
+/// What `/proc/…/stat` says about one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ThreadStat {
+    /// Exited but not reaped yet (state `Z` or `X`).
+    pub(crate) zombie: bool,
+    /// When the thread started, in clock ticks since boot (field 22).
+    pub(crate) start_ticks: u64,
+}
+
+/// Parses a `/proc/…/stat` line: the state after the last `)` (comm may
+/// contain anything), and field 22, the start time.
+fn parse_stat(stat: &[u8]) -> Option<ThreadStat> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    // `rest` starts at field 3 (state); field 22 is 19 further on.
+    let start_ticks = fields.nth(18)?.parse().ok()?;
+    Some(ThreadStat {
+        zombie: matches!(state, "Z" | "X"),
+        start_ticks,
+    })
+}
+
+/// How `/proc` answered about a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProcThread {
+    /// The thread exists (possibly as a zombie).
+    Found(ThreadStat),
+    /// No such thread in that process.
+    Gone,
+    /// `/proc` could not tell (not mounted, not readable, unparsable).
+    Unknown,
+}
+
+/// The `Tgid:` line of a `/proc/…/status` file.
+fn parse_tgid(status: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(status).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Tgid:"))?;
+    line["Tgid:".len()..].trim().parse().ok()
+}
+
+/// Thread `tid` of process `pid`, from `/proc/PID/task/TID/stat`, checked
+/// to belong to process `pid` (`/proc/PID` also resolves when `pid` is now
+/// the id of a thread of some other process).
+pub(crate) fn proc_thread(pid: u32, tid: u32) -> ProcThread {
+    match std::fs::read(format!("/proc/{pid}/task/{tid}/stat")) {
+        Ok(stat) => {
+            let tgid = std::fs::read(format!("/proc/{pid}/task/{tid}/status"))
+                .ok()
+                .and_then(|s| parse_tgid(&s));
+            match (parse_stat(&stat), tgid) {
+                (Some(st), Some(tgid)) if tgid == pid => ProcThread::Found(st),
+                (Some(_), Some(_)) => ProcThread::Gone,
+                // Exited between the two reads, or unparsable.
+                _ => ProcThread::Unknown,
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // No such entry, or no /proc at all: tell them apart.
+            if std::path::Path::new("/proc/self/stat").exists() {
+                ProcThread::Gone
+            } else {
+                ProcThread::Unknown
+            }
+        }
+        Err(_) => ProcThread::Unknown,
+    }
+}
+
+/// Thread `tid` of any process, from `/proc/TID/stat` (hidden thread ids
+/// resolve there too).
+pub(crate) fn proc_any_thread(tid: u32) -> ProcThread {
+    match std::fs::read(format!("/proc/{tid}/stat")) {
+        Ok(stat) => parse_stat(&stat).map_or(ProcThread::Unknown, ProcThread::Found),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => ProcThread::Gone,
+        Err(_) => ProcThread::Unknown,
+    }
+}
+
+/// The calling thread's start time in clock ticks since boot, or 0 when
+/// `/proc` cannot tell.
+pub(crate) fn own_thread_start_ticks() -> u64 {
+    match proc_thread(getpid(), gettid()) {
+        ProcThread::Found(st) => st.start_ticks,
+        _ => 0,
+    }
+}
+
+/// The calling process's start time (its main thread's) in clock ticks
+/// since boot, or 0 when `/proc` cannot tell.
+pub(crate) fn own_process_start_ticks() -> u64 {
+    std::fs::read("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .map_or(0, |st| st.start_ticks)
+}
+
+/// Clock ticks per second of `/proc`'s times (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks_per_second() -> u64 {
+    static TCK: OnceLock<u64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(100)
+    })
+}
+
+/// Now, in `/proc`'s clock ticks since boot (`CLOCK_BOOTTIME`, the clock of
+/// a thread's start time), rounded down.
+pub(crate) fn boot_ticks_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // "pid (comm) S ...": comm may contain anything, so look after the last ')'.
-    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    matches!(stat.get(close + 2), Some(b'Z' | b'X'))
+    // SAFETY: `ts` is valid for writes of one timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    let tck = clock_ticks_per_second();
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * tck + nanos * tck / 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_finds_state_and_start_time() {
+        let line = b"42 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 1234 99 99\n";
+        assert_eq!(
+            parse_stat(line),
+            Some(ThreadStat {
+                zombie: false,
+                start_ticks: 1234
+            })
+        );
+        let z = b"7 (x) Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 5 0";
+        assert!(parse_stat(z).unwrap().zombie);
+        assert_eq!(parse_stat(b"7 (x) S 1 2"), None);
+        assert_eq!(parse_stat(b"garbage"), None);
+        assert_eq!(parse_tgid(b"Name:\tx\nTgid:\t417\nPid:\t418\n"), Some(417));
+        assert_eq!(parse_tgid(b"Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn own_start_times_are_read_and_ordered() {
+        let p = own_process_start_ticks();
+        let t = own_thread_start_ticks();
+        assert!(p > 0 && t >= p, "process {p}, thread {t}");
+        assert!(boot_ticks_now() >= t);
+        let other = std::thread::spawn(own_thread_start_ticks).join().unwrap();
+        assert!(other >= t);
+        assert_eq!(
+            proc_thread(getpid(), gettid()),
+            ProcThread::Found(ThreadStat {
+                zombie: false,
+                start_ticks: t
+            })
+        );
+        assert_eq!(proc_thread(getpid(), 0), ProcThread::Gone);
+    }
 }

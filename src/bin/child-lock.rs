@@ -29,14 +29,14 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     match args[0].as_str() {
         "count" => {
             for _ in 0..n {
-                let mut g = lock.lock().map_err(shmutils::Error::from)?;
+                let mut g = lock.lock()?;
                 let v = *g;
                 *g = std::hint::black_box(v) + 1;
             }
             Ok(())
         }
         "hold" => {
-            let mut g = lock.lock().map_err(shmutils::Error::from)?;
+            let mut g = lock.lock()?;
             *g = n;
             println!("locked");
             std::io::stdout().flush()?;

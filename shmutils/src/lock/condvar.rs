@@ -71,15 +71,19 @@ impl Condvar {
     /// wake-up), and takes the lock again.
     ///
     /// The lock is released like a guard drop: if it was taken from a dead
-    /// owner and not marked consistent, it becomes not recoverable.
+    /// owner and not marked consistent, it stays inconsistent (and taking
+    /// it back reports `OwnerDied` again).
     ///
     /// # Errors
-    /// As [`Lock::lock`](super::Lock::lock) when taking the lock back:
+    /// As [`Lock::lock`](super::GenericLock::lock) when taking the lock back:
     /// [`LockError::OwnerDied`](super::LockError::OwnerDied) with the guard
     /// if a holder died meanwhile, or
     /// [`LockError::NotRecoverable`](super::LockError::NotRecoverable).
+    ///
+    /// # Panics
+    /// If the guard was inherited across `fork` (see [`LockGuard`]).
     pub fn wait<'a, T>(&self, guard: LockGuard<'a, T>) -> LockResult<LockGuard<'a, T>> {
-        let lock = guard.lock;
+        let lock = guard.lock_ref();
         // Relaxed: read under the lock; a notifier that changes the
         // condition takes the lock after our unlock, so its bump comes later
         // in `seq`'s modification order than the value we read.
@@ -98,7 +102,7 @@ impl Condvar {
         guard: LockGuard<'a, T>,
         timeout: Duration,
     ) -> LockResult<(LockGuard<'a, T>, WaitTimeoutResult)> {
-        let lock = guard.lock;
+        let lock = guard.lock_ref();
         let seq = self.seq.load(Ordering::Relaxed);
         drop(guard);
         let timed_out = self.block(seq, Instant::now().checked_add(timeout));

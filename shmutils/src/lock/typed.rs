@@ -1,5 +1,6 @@
-//! [`Lock<T>`] and [`RLock<T>`]: a raw lock and the data it protects, side
-//! by side in shared memory, with guards that unlock on drop.
+//! [`GenericLock<T, R>`]: a raw lock and the data it protects, side by
+//! side in shared memory, with a guard that unlocks on drop. [`Lock<T>`]
+//! and [`RLock<T>`] are its two kinds.
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -7,18 +8,32 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use super::raw::{RawLock, RawRLock};
+use super::raw::{RawLock, RawMutex, RawMutexExclusive, RawRLock};
 use super::{LockError, LockResult};
+use crate::process::fork_generation;
 use crate::shared::{Fingerprint, Shared};
 
-/// A process-shared mutex that owns its data (`#[repr(C)]`: the lock word,
-/// then the value).
+/// A process-shared lock that owns its data (`#[repr(C)]`: the raw lock,
+/// then the value), generic over its raw lock `R`: lock_api's
+/// `Mutex<R, T>`. Use it through its aliases, [`Lock<T>`] (exclusive,
+/// guards give `&mut T`) and [`RLock<T>`] (recursive, guards give `&T`).
+///
+/// (The aliases are what make `Lock::new(0u64)` and `RLock::new(0u64)`
+/// both infer their raw lock: a defaulted type parameter is not used for
+/// inference in expressions.)
+#[repr(C)]
+pub struct GenericLock<T, R = RawLock> {
+    raw: R,
+    data: UnsafeCell<T>,
+}
+
+/// A process-shared mutex that owns its data.
 ///
 /// Place it in a mapping with [`MappedMemory::init`](crate::MappedMemory::init)
-/// and reach it from other processes with
-/// [`MappedMemory::get`](crate::MappedMemory::get). If a holder dies, the
-/// next `lock` returns [`LockError::OwnerDied`] with the guard; see the
-/// [module docs](super).
+/// or a heap, and reach it from other processes with
+/// [`MappedMemory::get`](crate::MappedMemory::get). If a holder in another
+/// process dies, the next `lock` returns [`LockError::OwnerDied`] with the
+/// guard; see the [module docs](super).
 ///
 /// ```
 /// use shmutils::{Lock, LockError};
@@ -29,58 +44,83 @@ use crate::shared::{Fingerprint, Shared};
 /// assert_eq!(*g, 6);
 /// # Ok::<(), shmutils::Error>(())
 /// ```
-#[repr(C)]
-pub struct Lock<T> {
-    raw: RawLock,
-    data: UnsafeCell<T>,
-}
+pub type Lock<T> = GenericLock<T, RawLock>;
 
-// SAFETY: the lock hands out access to `T` to one thread at a time, so it
-// may be shared between threads whenever `T` may be sent between them.
-unsafe impl<T: Send> Sync for Lock<T> {}
-// SAFETY: moving the lock moves the value.
-unsafe impl<T: Send> Send for Lock<T> {}
+/// A process-shared recursive lock that owns its data: the holding thread
+/// may lock again, and guards give only `&T` (two guards of one thread may
+/// coexist). Use atomics or a [`Lock`] inside for mutation.
+///
+/// ```
+/// use shmutils::RLock;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// let l = RLock::new(AtomicU32::new(0));
+/// let outer = l.lock()?;
+/// let inner = l.lock()?;
+/// inner.fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(outer.load(Ordering::Relaxed), 1);
+/// assert_eq!(l.depth(), 2);
+/// # Ok::<(), shmutils::Error>(())
+/// ```
+pub type RLock<T> = GenericLock<T, RawRLock>;
 
-impl<T> Lock<T> {
+// SAFETY: the lock hands out access to `T` to one thread at a time (a
+// recursive lock: possibly several `&T` guards, all of that one thread),
+// so it may be shared between threads whenever `T` may be sent between
+// them (lock_api's bound for both kinds).
+unsafe impl<T: Send, R: RawMutex> Sync for GenericLock<T, R> {}
+// SAFETY: moving the lock moves the value; the raw lock is Send (Shared).
+unsafe impl<T: Send, R: RawMutex> Send for GenericLock<T, R> {}
+
+impl<T, R: RawMutex> GenericLock<T, R> {
     /// An unlocked lock holding `value`.
-    pub const fn new(value: T) -> Lock<T> {
-        Lock {
-            raw: RawLock::new(),
+    pub const fn new(value: T) -> Self {
+        GenericLock {
+            raw: R::INIT,
             data: UnsafeCell::new(value),
         }
     }
 
-    fn guard(&self) -> LockGuard<'_, T> {
-        LockGuard {
+    #[inline(always)]
+    fn guard(&self) -> GenericLockGuard<'_, T, R> {
+        GenericLockGuard {
             lock: self,
+            generation: fork_generation(),
             _not_send: PhantomData,
         }
     }
 
-    fn wrap(&self, r: Result<(), LockError<()>>) -> LockResult<LockGuard<'_, T>> {
+    #[inline(always)]
+    fn wrap(&self, r: Result<(), LockError<()>>) -> LockResult<GenericLockGuard<'_, T, R>> {
         match r {
             Ok(()) => Ok(self.guard()),
             Err(e) => Err(e.map(|()| self.guard())),
         }
     }
 
-    /// Blocks until the calling thread holds the lock.
+    /// Blocks until the calling thread holds the lock (a recursive lock:
+    /// at once if it already does).
     ///
     /// # Errors
-    /// [`LockError::OwnerDied`] with the guard (repair, then
-    /// [`LockGuard::mark_consistent`]), [`LockError::NotRecoverable`],
-    /// [`LockError::WouldDeadlock`] if this thread holds it already.
-    #[inline]
-    pub fn lock(&self) -> LockResult<LockGuard<'_, T>> {
+    /// - [`LockError::OwnerDied`] with the guard: a thread of another
+    ///   process died holding the lock (or a repairer released it without
+    ///   repairing). Repair, then [`GenericLockGuard::mark_consistent`].
+    /// - [`LockError::Abandoned`], no guard: a thread of *this* process
+    ///   exited holding it; this process cannot use the lock any more.
+    /// - [`LockError::NotRecoverable`]: a holder gave up.
+    /// - [`LockError::WouldDeadlock`]: this thread holds it already
+    ///   ([`Lock`] only); [`LockError::RecursionLimit`] ([`RLock`] only).
+    #[inline(always)]
+    pub fn lock(&self) -> LockResult<GenericLockGuard<'_, T, R>> {
         self.wrap(self.raw.lock())
     }
 
-    /// Takes the lock if no live thread holds it.
+    /// Takes the lock if no live thread holds it (checking a holder's
+    /// liveness at once).
     ///
     /// # Errors
     /// [`LockError::WouldBlock`]; otherwise as [`lock`](Self::lock).
     #[inline]
-    pub fn try_lock(&self) -> LockResult<LockGuard<'_, T>> {
+    pub fn try_lock(&self) -> LockResult<GenericLockGuard<'_, T, R>> {
         self.wrap(self.raw.try_lock())
     }
 
@@ -88,7 +128,7 @@ impl<T> Lock<T> {
     ///
     /// # Errors
     /// [`LockError::TimedOut`]; otherwise as [`lock`](Self::lock).
-    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<LockGuard<'_, T>> {
+    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<GenericLockGuard<'_, T, R>> {
         self.wrap(self.raw.lock_timeout(timeout))
     }
 
@@ -108,274 +148,196 @@ impl<T> Lock<T> {
     }
 
     /// The underlying raw lock.
-    pub fn raw(&self) -> &RawLock {
+    pub fn raw(&self) -> &R {
         &self.raw
     }
 }
 
-impl<T: Default> Default for Lock<T> {
-    fn default() -> Self {
-        Lock::new(T::default())
-    }
-}
-
-impl<T> fmt::Debug for Lock<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lock")
-            .field("locked", &self.is_locked())
-            .finish_non_exhaustive()
-    }
-}
-
-// SAFETY: a RawLock (every bit pattern valid) followed by a `T: Shared`
-// (every bit pattern valid, no addresses) and padding; all mutation goes
-// through the atomic word or under the lock.
-unsafe impl<T: Shared> Shared for Lock<T> {
-    const NAME: &'static str = "Lock";
-    const FINGERPRINT: u64 = Fingerprint::new("Lock")
-        .u64(RawLock::FINGERPRINT)
-        .u64(T::FINGERPRINT)
-        .finish();
-}
-
-/// Access to a [`Lock`]'s value; unlocks when dropped. Not `Send`: the
-/// thread that locked must unlock.
-#[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct LockGuard<'a, T> {
-    pub(super) lock: &'a Lock<T>,
-    _not_send: PhantomData<*const ()>,
-}
-
-// SAFETY: sharing the guard between threads shares `&T` only.
-unsafe impl<T: Sync> Sync for LockGuard<'_, T> {}
-
-impl<T> LockGuard<'_, T> {
-    /// Declares the data repaired after [`LockError::OwnerDied`]; without
-    /// it, dropping the guard makes the lock not recoverable. A no-op on a
-    /// consistent lock.
-    pub fn mark_consistent(&self) {
-        self.lock.raw.word().mark_consistent();
-    }
-
-    /// Whether the lock still needs `mark_consistent` (it was taken from a
-    /// dead owner).
-    pub fn is_inconsistent(&self) -> bool {
-        self.lock.raw.word().is_inconsistent()
-    }
-}
-
-impl<T> Deref for LockGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard proves this thread holds the lock, so no other
-        // reference to the value is in use.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T> DerefMut for LockGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as in `deref`, and `&mut self` makes this the only one.
-        unsafe { &mut *self.lock.data.get() }
-    }
-}
-
-impl<T> Drop for LockGuard<'_, T> {
-    /// Unlocks. A copy of the guard inherited by a forked child does not
-    /// hold the lock there (the child's thread has another id), so
-    /// dropping it in the child leaves the parent's lock alone.
-    #[inline]
-    fn drop(&mut self) {
-        self.lock.raw.unlock_if_held();
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for LockGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<T: fmt::Display> fmt::Display for LockGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&**self, f)
-    }
-}
-
-/// A process-shared recursive lock that owns its data: the holding thread
-/// may lock again, and guards give only `&T` (two guards of one thread may
-/// coexist). Use atomics or a [`Lock`] inside for mutation.
-///
-/// ```
-/// use shmutils::RLock;
-/// use std::sync::atomic::{AtomicU32, Ordering};
-/// let l = RLock::new(AtomicU32::new(0));
-/// let outer = l.lock()?;
-/// let inner = l.lock()?;
-/// inner.fetch_add(1, Ordering::Relaxed);
-/// assert_eq!(outer.load(Ordering::Relaxed), 1);
-/// # Ok::<(), shmutils::Error>(())
-/// ```
-#[repr(C)]
-pub struct RLock<T> {
-    raw: RawRLock,
-    data: UnsafeCell<T>,
-}
-
-// SAFETY: the lock gives `&T` to one thread at a time (possibly several
-// guards of that thread), so `T` must be Send (it is used from whichever
-// thread holds the lock) and Sync (several guards may share it).
-unsafe impl<T: Send + Sync> Sync for RLock<T> {}
-// SAFETY: moving the lock moves the value.
-unsafe impl<T: Send> Send for RLock<T> {}
-
-impl<T> RLock<T> {
-    /// An unlocked lock holding `value`.
-    pub const fn new(value: T) -> RLock<T> {
-        RLock {
-            raw: RawRLock::new(),
-            data: UnsafeCell::new(value),
-        }
-    }
-
-    fn guard(&self) -> RLockGuard<'_, T> {
-        RLockGuard {
-            lock: self,
-            _not_send: PhantomData,
-        }
-    }
-
-    fn wrap(&self, r: Result<(), LockError<()>>) -> LockResult<RLockGuard<'_, T>> {
-        match r {
-            Ok(()) => Ok(self.guard()),
-            Err(e) => Err(e.map(|()| self.guard())),
-        }
-    }
-
-    /// Blocks until the calling thread holds the lock (at once if it
-    /// already does).
-    ///
-    /// # Errors
-    /// [`LockError::OwnerDied`] with the guard, [`LockError::NotRecoverable`],
-    /// [`LockError::RecursionLimit`].
-    pub fn lock(&self) -> LockResult<RLockGuard<'_, T>> {
-        self.wrap(self.raw.lock())
-    }
-
-    /// Takes the lock if it is free or already the caller's.
-    ///
-    /// # Errors
-    /// [`LockError::WouldBlock`]; otherwise as [`lock`](Self::lock).
-    pub fn try_lock(&self) -> LockResult<RLockGuard<'_, T>> {
-        self.wrap(self.raw.try_lock())
-    }
-
-    /// As [`lock`](Self::lock), giving up after `timeout`.
-    ///
-    /// # Errors
-    /// [`LockError::TimedOut`]; otherwise as [`lock`](Self::lock).
-    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<RLockGuard<'_, T>> {
-        self.wrap(self.raw.lock_timeout(timeout))
-    }
-
-    /// Whether any thread holds the lock right now (a hint).
-    pub fn is_locked(&self) -> bool {
-        self.raw.is_locked()
-    }
-
+impl<T> GenericLock<T, RawRLock> {
     /// How many guards the calling thread holds.
     pub fn depth(&self) -> u32 {
         self.raw.depth()
     }
-
-    /// The value, through exclusive access.
-    pub fn get_mut(&mut self) -> &mut T {
-        self.data.get_mut()
-    }
-
-    /// Consumes the lock, returning the value.
-    pub fn into_inner(self) -> T {
-        self.data.into_inner()
-    }
-
-    /// The underlying raw lock.
-    pub fn raw(&self) -> &RawRLock {
-        &self.raw
-    }
 }
 
-impl<T: Default> Default for RLock<T> {
+impl<T: Default, R: RawMutex> Default for GenericLock<T, R> {
     fn default() -> Self {
-        RLock::new(T::default())
+        GenericLock::new(T::default())
     }
 }
 
-impl<T> fmt::Debug for RLock<T> {
+impl<T, R: RawMutex> fmt::Debug for GenericLock<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RLock")
+        f.debug_struct(R::TYPED_NAME)
             .field("locked", &self.is_locked())
             .finish_non_exhaustive()
     }
 }
 
-// SAFETY: as for Lock<T>: a RawRLock and a `T: Shared`, both valid for
-// every bit pattern and free of addresses.
-unsafe impl<T: Shared> Shared for RLock<T> {
-    const NAME: &'static str = "RLock";
-    const FINGERPRINT: u64 = Fingerprint::new("RLock")
-        .u64(RawRLock::FINGERPRINT)
+// SAFETY: a raw lock (`Shared`: every bit pattern valid) followed by a
+// `T: Shared` (every bit pattern valid, no addresses) and padding; all
+// mutation goes through the raw lock's atomics or under the lock. Send and
+// Sync hold for `T: Shared` (which is Send + Sync).
+unsafe impl<T: Shared, R: RawMutex> Shared for GenericLock<T, R> {
+    const NAME: &'static str = R::TYPED_NAME;
+    const FINGERPRINT: u64 = Fingerprint::new(R::TYPED_NAME)
+        .u64(R::FINGERPRINT)
         .u64(T::FINGERPRINT)
         .finish();
 }
 
-/// Shared access to an [`RLock`]'s value; undoes one `lock` when dropped.
-/// `Deref` only: the same thread may hold several.
+/// Access to a [`GenericLock`]'s value; releases one acquisition when
+/// dropped. Use it through its aliases [`LockGuard`] (`Deref` and
+/// `DerefMut`) and [`RLockGuard`] (`Deref` only).
+///
+/// Not `Send`: the thread that locked must unlock. A copy inherited by a
+/// forked child gives no access there: its `deref` panics, and dropping it
+/// leaves the parent's lock alone.
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct RLockGuard<'a, T> {
-    lock: &'a RLock<T>,
+pub struct GenericLockGuard<'a, T, R: RawMutex = RawLock> {
+    lock: &'a GenericLock<T, R>,
+    /// The process's fork generation when the lock was taken.
+    generation: u64,
     _not_send: PhantomData<*const ()>,
 }
 
-// SAFETY: sharing the guard between threads shares `&T` only.
-unsafe impl<T: Sync> Sync for RLockGuard<'_, T> {}
+/// Exclusive access to a [`Lock`]'s value.
+pub type LockGuard<'a, T> = GenericLockGuard<'a, T, RawLock>;
 
-impl<T> RLockGuard<'_, T> {
-    /// Declares the data repaired after [`LockError::OwnerDied`]; without
-    /// it, the last guard's drop makes the lock not recoverable.
-    pub fn mark_consistent(&self) {
-        self.lock.raw.word().mark_consistent();
+/// Shared access to an [`RLock`]'s value (one of possibly several guards
+/// of the holding thread).
+pub type RLockGuard<'a, T> = GenericLockGuard<'a, T, RawRLock>;
+
+// SAFETY: sharing the guard between threads shares `&T` only.
+unsafe impl<T: Sync, R: RawMutex> Sync for GenericLockGuard<'_, T, R> {}
+
+/// Why a guard refuses access: it was taken by the parent process.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn inherited_across_fork() -> ! {
+    panic!(
+        "a lock guard inherited across fork() gives no access: the lock is held by \
+         the parent process's thread, not by this process"
+    )
+}
+
+impl<'a, T, R: RawMutex> GenericLockGuard<'a, T, R> {
+    /// Whether this process took the guard's lock (false in a forked
+    /// child that inherited the guard).
+    #[inline(always)]
+    fn taken_here(&self) -> bool {
+        self.generation == fork_generation()
     }
 
-    /// Whether the lock still needs `mark_consistent`.
+    /// Panics unless this process took the guard's lock.
+    #[inline]
+    #[track_caller]
+    fn check(&self) {
+        if !self.taken_here() {
+            inherited_across_fork();
+        }
+    }
+
+    /// The lock, for a condition variable's wait (checked like a deref).
+    #[track_caller]
+    pub(super) fn lock_ref(&self) -> &'a GenericLock<T, R> {
+        self.check();
+        self.lock
+    }
+
+    /// Declares the data repaired after [`LockError::OwnerDied`]. Without
+    /// it, dropping the guard releases the lock still inconsistent, and the
+    /// next locker gets `OwnerDied` again. A no-op on a consistent lock.
+    ///
+    /// # Panics
+    /// In a forked child that inherited the guard.
+    #[track_caller]
+    pub fn mark_consistent(&self) {
+        self.check();
+        // SAFETY: the guard proves that this thread holds the lock (taken
+        // in this process, checked just above; guards are not Send).
+        unsafe { self.lock.raw.mark_consistent() };
+    }
+
+    /// Whether the lock still needs `mark_consistent` (it was taken after
+    /// an owner died).
     pub fn is_inconsistent(&self) -> bool {
-        self.lock.raw.word().is_inconsistent()
+        self.lock.raw.is_inconsistent()
+    }
+
+    /// Gives up repairing: releases the lock and makes it
+    /// [`NotRecoverable`](LockError::NotRecoverable) for every process,
+    /// for good (for an [`RLock`], every level of this thread).
+    ///
+    /// # Panics
+    /// In a forked child that inherited the guard.
+    #[track_caller]
+    pub fn make_not_recoverable(self) {
+        self.check();
+        // SAFETY: the guard proves that this thread holds the lock (checked
+        // above); the guard is forgotten below, so it does not unlock again.
+        unsafe { self.lock.raw.make_not_recoverable() };
+        std::mem::forget(self);
     }
 }
 
-impl<T> Deref for RLockGuard<'_, T> {
+impl<T, R: RawMutex> Deref for GenericLockGuard<'_, T, R> {
     type Target = T;
+
+    /// # Panics
+    /// In a forked child that inherited the guard.
+    #[inline]
+    #[track_caller]
     fn deref(&self) -> &T {
-        // SAFETY: this thread holds the lock; only shared references to the
-        // value are handed out while it does.
+        self.check();
+        // SAFETY: validity and type: `data` is an initialised `T` owned by
+        // the lock. Aliasing: this thread holds the lock (the guard exists
+        // and was taken in this process), and while it does the lock hands
+        // out no `&mut T` other than through a guard's `&mut self` (an
+        // exclusive lock refuses a second acquisition, a recursive one
+        // gives `&T` only). Lifetime: borrowed from `&self`, within 'a.
         unsafe { &*self.lock.data.get() }
     }
 }
 
-impl<T> Drop for RLockGuard<'_, T> {
-    /// Releases one level. In a forked child that inherited the guard, the
-    /// lock is the parent's: dropping the copy there changes nothing.
+impl<T, R: RawMutexExclusive> DerefMut for GenericLockGuard<'_, T, R> {
+    /// # Panics
+    /// In a forked child that inherited the guard.
+    #[inline]
+    #[track_caller]
+    fn deref_mut(&mut self) -> &mut T {
+        self.check();
+        // SAFETY: as in `deref`; and the raw lock is exclusive, so this
+        // guard is the only one, and `&mut self` makes this borrow of it
+        // the only one.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T, R: RawMutex> Drop for GenericLockGuard<'_, T, R> {
+    /// Releases one acquisition (an inconsistent lock stays inconsistent
+    /// for the next locker). A copy of the guard inherited by a forked
+    /// child does not hold the lock there: dropping it changes nothing.
+    #[inline]
     fn drop(&mut self) {
-        if self.lock.raw.is_held_by_current_thread() {
-            // SAFETY: the guard stands for one `lock` by this thread, which
-            // holds the lock (checked just above).
+        if self.taken_here() {
+            // SAFETY: the guard stands for one holding acquisition by this
+            // thread in this process, not yet released.
             unsafe { self.lock.raw.unlock() };
         }
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for RLockGuard<'_, T> {
+impl<T: fmt::Debug, R: RawMutex> fmt::Debug for GenericLockGuard<'_, T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl<T: fmt::Display, R: RawMutex> fmt::Display for GenericLockGuard<'_, T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
     }
 }
 
@@ -402,22 +364,44 @@ mod tests {
     }
 
     #[test]
-    fn thread_exit_while_holding_is_an_owner_death() {
-        let l = Lock::new(7u32);
-        std::thread::scope(|s| {
-            s.spawn(|| std::mem::forget(l.lock().unwrap()));
-        });
-        let g = l.lock().unwrap_err().into_guard().unwrap();
-        assert!(g.is_inconsistent());
-        assert_eq!(*g, 7);
-        g.mark_consistent();
-        drop(g);
-        assert_eq!(*l.lock().unwrap(), 7);
+    fn thread_exit_while_holding_is_abandoned_without_a_guard() {
+        let l = std::sync::Arc::new(Lock::new(7u32));
+        let l2 = l.clone();
+        std::thread::spawn(move || std::mem::forget(l2.lock().unwrap()))
+            .join()
+            .unwrap();
+        for _ in 0..3 {
+            assert!(matches!(l.lock(), Err(LockError::Abandoned)));
+            assert!(matches!(l.try_lock(), Err(LockError::Abandoned)));
+        }
+        assert!(l.is_locked(), "left to its dead owner");
     }
 
     #[test]
-    fn fingerprints_follow_the_value_type() {
+    fn an_unrepaired_owner_died_guard_passes_the_news_on() {
+        let l = Lock::new(1u32);
+        // Play the holder that died in another process.
+        l.raw().word().state().store(
+            super::super::word::INCONSISTENT,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let g = l.lock().unwrap_err().into_guard().unwrap();
+        assert!(g.is_inconsistent());
+        drop(g);
+        let mut g = l.lock().unwrap_err().into_guard().expect("OwnerDied again");
+        *g = 2;
+        g.mark_consistent();
+        drop(g);
+        assert_eq!(*l.lock().unwrap(), 2);
+        l.lock().unwrap().make_not_recoverable();
+        assert!(matches!(l.lock(), Err(LockError::NotRecoverable)));
+    }
+
+    #[test]
+    fn fingerprints_follow_the_value_type_and_kind() {
         assert_ne!(Lock::<u32>::FINGERPRINT, Lock::<u64>::FINGERPRINT);
         assert_ne!(Lock::<u32>::FINGERPRINT, RLock::<u32>::FINGERPRINT);
+        assert_eq!(Lock::<u32>::NAME, "Lock");
+        assert_eq!(RLock::<u32>::NAME, "RLock");
     }
 }

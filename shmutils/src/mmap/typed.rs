@@ -147,6 +147,7 @@ impl MappedMemory {
 
 #[cfg(test)]
 mod tests {
+    use crate::lock::RawMutex;
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
     use crate::error::Error;
