@@ -104,9 +104,9 @@ fn round(how: &str, seg: &Segment) -> Result<(), Error> {
     let (lock, counts) = objects(&seg.heap())?;
     let mut waits = Vec::new();
     {
-        // `?` on a lock error into a `Box<dyn Error>`: drop the guard first
-        // (shmutils::Error holds the error without it).
-        let mut count = lock.lock().map_err(shmutils::Error::from)?;
+        // `?` takes a lock error straight into a `Box<dyn Error>` (an
+        // OwnerDied guard is dropped unrepaired: the next locker sees it).
+        let mut count = lock.lock()?;
         *count = 0;
         for (slot, c) in counts.iter().enumerate() {
             c.store(0, Ordering::SeqCst);
@@ -122,7 +122,7 @@ fn round(how: &str, seg: &Segment) -> Result<(), Error> {
         return Err(format!("a {how} worker failed").into());
     }
     let [a, b] = [0, 1].map(|i| counts[i].load(Ordering::SeqCst));
-    let total = *lock.lock().map_err(shmutils::Error::from)?;
+    let total = *lock.lock()?;
     println!(
         "{how}: worker counts {a} + {b} = {}, counter = {total}",
         a + b

@@ -68,7 +68,7 @@ fn child(user_token: &str, token: &str) -> Result<(), Error> {
         Ok(_) => return Err("a block resolved as a type it does not hold".into()),
     }
     let lock = seg.resolve(&handle)?;
-    let mut user = lock.lock().map_err(shmutils::Error::from)?;
+    let mut user = lock.lock()?;
     println!("child {}: {}", std::process::id(), describe(&heap, &user)?);
     user.status = Status::Deleted.into();
     println!("child: status set to Deleted");
@@ -120,7 +120,7 @@ fn parent() -> Result<(), Error> {
     if !status.success() {
         return Err("the child failed".into());
     }
-    let after = heap.get(locked)?.lock().map_err(shmutils::Error::from)?;
+    let after = heap.get(locked)?.lock()?;
     println!("parent sees: {}", describe(&heap, &after)?);
     if after.status.get()? != Status::Deleted {
         return Err("the child's change is not visible".into());
