@@ -7,6 +7,7 @@
 // workload. Every result is one line `name value unit` on stdout.
 //
 //   lock_uncontended N   ns per lock + unlock of an interprocess_mutex
+//   lock_write_unlock N  ns per lock, one write of the counter, unlock
 //   lock_contended TOTAL 2 forked processes count to TOTAL under the mutex
 //   pingpong N           2 forked processes pass a turn N times through
 //                        interprocess_mutex + interprocess_condition
@@ -252,6 +253,18 @@ void lock_uncontended(uint64_t pairs) {
     std::printf("lock_uncontended %.3f ns/pair\n", ns_per(Clock::now() - t0, pairs));
 }
 
+void lock_write_unlock(uint64_t pairs) {
+    LockSegment s("lock_write_unlock");
+    auto t0 = Clock::now();
+    for (uint64_t i = 0; i < pairs; i++) {
+        s.mutex->lock();
+        *s.counter = i;
+        black_box(s.counter);
+        s.mutex->unlock();
+    }
+    std::printf("lock_write_unlock %.3f ns/pair\n", ns_per(Clock::now() - t0, pairs));
+}
+
 void lock_contended(uint64_t total) {
     LockSegment s("lock_contended");
     auto t = two_processes(*s.start, [&](int) {
@@ -370,7 +383,7 @@ void alloc_contended(uint64_t pairs) {
 
 int usage() {
     std::fprintf(stderr,
-                 "usage: boost_peer {lock_uncontended|lock_contended|pingpong|"
+                 "usage: boost_peer {lock_uncontended|lock_write_unlock|lock_contended|pingpong|"
                  "alloc_small|alloc_batch|alloc_contended} N\n");
     return 2;
 }
@@ -386,6 +399,7 @@ int main(int argc, char** argv) {
     std::string cmd = argv[1];
     try {
         if (cmd == "lock_uncontended") lock_uncontended(n);
+        else if (cmd == "lock_write_unlock") lock_write_unlock(n);
         else if (cmd == "lock_contended") lock_contended(n);
         else if (cmd == "pingpong") pingpong(n);
         else if (cmd == "alloc_small") alloc_small(n);
