@@ -360,6 +360,54 @@ fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// ns per `notify_one` with nobody waiting; then, after 8 processes were
+/// killed while asleep in `wait` (they stay counted as sleepers), ns per
+/// `notify_one` over the next million, and ns each for the first 8 (the
+/// ones that find nobody to wake and take the dead sleepers off).
+fn notify_after_killed_sleepers() -> (f64, f64, f64) {
+    const N: u32 = 1_000_000;
+    let (_name, mut m) = segment();
+    m.init(OBJ, Lock::new(0u32)).unwrap();
+    m.init(CV, Condvar::new()).unwrap();
+    let lock: &Lock<u32> = m.get(OBJ).unwrap();
+    let cv: &Condvar = m.get(CV).unwrap();
+    let per = |n: u32| {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            cv.notify_one();
+        }
+        t0.elapsed().as_nanos() as f64 / f64::from(n)
+    };
+    let idle = per(N);
+    let sleepers: Vec<_> = (0..8)
+        .map(|_| {
+            fork(|| {
+                let Ok(mut g) = lock.lock() else { return 1 };
+                loop {
+                    g = match cv.wait(g) {
+                        Ok(g) => g,
+                        Err(_) => return 2,
+                    };
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    while cv.sleepers() < 8 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "sleepers never slept"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for c in sleepers {
+        c.kill();
+    }
+    let first = per(8);
+    let healed = per(N);
+    (idle, healed, first)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and friends
@@ -428,6 +476,11 @@ fn main() {
             cell(b.map(|b| s / b), 3),
         );
     }
+    let (idle, healed, first) = notify_after_killed_sleepers();
+    println!(
+        "condvar notify_one: idle {idle:.1} ns; after 8 sleepers were killed in their sleep \
+         {healed:.1} ns (the first 8 notifies, which heal the count, {first:.0} ns each)"
+    );
     let checked = best(true, || deref_cost(true));
     let plain = best(true, || deref_cost(false));
     println!(

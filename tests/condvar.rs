@@ -138,3 +138,47 @@ fn wait_timeout_in_another_process_times_out_and_then_sees_the_notify() {
     cv.notify_one();
     assert_eq!(child.wait(), 0);
 }
+
+/// Eight processes killed while asleep in `wait` leave eight counted
+/// sleepers behind; the next notifies find nobody to wake and take them off
+/// (each would otherwise cost every later notify a system call).
+#[test]
+fn sleepers_killed_in_their_sleep_are_taken_off_by_the_next_notifies() {
+    let (_name, mut m) = segment("cv-killed");
+    m.init(LOCK, Lock::new(0u32)).unwrap();
+    m.init(CV, Condvar::new()).unwrap();
+    let lock: &Lock<u32> = m.get(LOCK).unwrap();
+    let cv: &Condvar = m.get(CV).unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            fork(|| {
+                let Ok(mut g) = lock.lock() else { return 1 };
+                *g += 1;
+                loop {
+                    g = match cv.wait(g) {
+                        Ok(g) => g,
+                        Err(_) => return 2,
+                    };
+                }
+            })
+        })
+        .collect();
+    let all_asleep = wait_until(Duration::from_secs(10), || {
+        *lock.lock().unwrap() == 8 && cv.sleepers() == 8
+    });
+    assert!(all_asleep.is_some(), "sleepers counted: {}", cv.sleepers());
+    for c in children {
+        assert_eq!(c.kill(), 128 + libc::SIGKILL);
+    }
+    assert_eq!(
+        cv.sleepers(),
+        8,
+        "dead sleepers stay counted until a notify"
+    );
+    for left in (0..8).rev() {
+        cv.notify_one();
+        assert_eq!(cv.sleepers(), left);
+    }
+    cv.notify_one();
+    assert_eq!(cv.sleepers(), 0);
+}

@@ -7,6 +7,17 @@
 //!           makes the futex_wake system call only when it is non-zero
 //! ```
 //!
+//! **A killed sleeper heals.** A waiter killed inside `futex_wait` never
+//! takes itself off `sleepers`, which would make every later notify pay a
+//! system call. A notify whose `futex_wake` woke nobody knows that each
+//! waiter it counted is either dead or about to see the new `seq` and stay
+//! awake (it re-checks `seq` after counting itself, and the notify bumped it
+//! first), so it takes one off the count; waiters take themselves off the
+//! same way, never below zero. `n` killed sleepers cost the next `n`
+//! notifies a system call each, then nothing. The rare undercount this
+//! allows (a waiter counted while another leaves) costs at most one sleep
+//! slice of latency, as garbage in the word does.
+//!
 //! A waiter reads `seq` while holding the lock, unlocks, then spins on
 //! `seq` for a few microseconds (a hand-off between running processes is
 //! far cheaper than a futex sleep and wake) before it counts itself in
@@ -149,6 +160,13 @@ impl Condvar {
         Ok((guard, WaitTimeoutResult(false)))
     }
 
+    /// How many waiters are counted as asleep: a hint for diagnostics (a
+    /// notify makes a system call only when it is non-zero; waiters killed
+    /// in their sleep stay counted until notifies find nobody to wake).
+    pub fn sleepers(&self) -> u32 {
+        self.sleepers.load(Ordering::Relaxed)
+    }
+
     /// Wakes at least one waiter, if any (spinning waiters all notice).
     pub fn notify_one(&self) {
         self.notify(1);
@@ -164,9 +182,20 @@ impl Condvar {
         // `seq` re-check in `block`, either we see its count and wake it, or
         // it sees our bump and does not sleep.
         self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
-            sys::futex_wake(&self.seq, n);
+        if self.sleepers.load(Ordering::SeqCst) != 0 && sys::futex_wake(&self.seq, n) == 0 {
+            // Nobody was asleep: one counted sleeper is dead (or leaving).
+            self.leave();
         }
+    }
+
+    /// Takes one off `sleepers`, never below zero (a notify may have taken
+    /// off the count of a dead sleeper, or of this very waiter).
+    fn leave(&self) {
+        // Relaxed: the count only decides whether a notify makes a system
+        // call; `seq` carries the ordering.
+        let _ = self
+            .sleepers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Waits until `seq` moves on from `seen` (or a spurious wake-up, or
@@ -203,7 +232,7 @@ impl Condvar {
             } else {
                 sys::FutexWait::Changed
             };
-            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            self.leave();
             if slept != sys::FutexWait::TimedOut || self.seq.load(Ordering::Relaxed) != seen {
                 return false;
             }
@@ -257,6 +286,19 @@ mod tests {
             }
         });
         assert_eq!(*l.lock().unwrap(), 2000);
+    }
+
+    #[test]
+    fn a_sleeper_count_left_by_dead_sleepers_heals_one_per_notify() {
+        let cv = Condvar::new();
+        // Eight sleepers that died in futex_wait: counted, never leaving.
+        cv.sleepers.store(8, Ordering::SeqCst);
+        for left in (0..8).rev() {
+            cv.notify_one();
+            assert_eq!(cv.sleepers.load(Ordering::SeqCst), left);
+        }
+        cv.notify_all();
+        assert_eq!(cv.sleepers.load(Ordering::SeqCst), 0, "never below zero");
     }
 
     #[test]
