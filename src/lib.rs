@@ -157,3 +157,45 @@ pub fn child_main<E: std::fmt::Display>(
         }
     }
 }
+
+/// Tries to make the kernel give `tid` to a new thread of this process:
+/// writes `tid - 1` to `/proc/sys/kernel/ns_last_pid`, spawns, checks.
+/// Other processes creating threads race with it, so a few tries. `None`
+/// (with a message) when not root or the tid would not land.
+pub fn with_recycled_tid<R: Send>(tid: u32, body: impl FnOnce() -> R + Send) -> Option<R> {
+    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: forcing a tid needs root ({NS_LAST_PID})");
+        return None;
+    }
+    let mut body = Some(body);
+    for _ in 0..50 {
+        if std::fs::write(NS_LAST_PID, (tid - 1).to_string()).is_err() {
+            eprintln!("skipped: {NS_LAST_PID} is not writable");
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+        let slot = &mut body;
+        let result = std::thread::scope(|sc| {
+            let h = sc.spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                if go_rx.recv().unwrap() {
+                    Some(slot.take().unwrap()())
+                } else {
+                    None
+                }
+            });
+            let got = rx.recv().unwrap();
+            go_tx.send(got == tid).unwrap();
+            h.join().unwrap()
+        });
+        if let Some(r) = result {
+            return Some(r);
+        }
+    }
+    eprintln!("skipped: tid {tid} did not land in 50 tries");
+    None
+}

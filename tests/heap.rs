@@ -496,3 +496,48 @@ fn a_zombie_initializer_is_taken_over_within_100_ms() {
     );
     assert_eq!(child.wait(), 128 + libc::SIGKILL);
 }
+
+/// A thread claims a name and exits inside its initializer without
+/// unwinding (its entry stays "initializing, by tid T"); the kernel then
+/// gives T to a live thread. That thread's own `find_or_init` of the name
+/// must neither take the claim for its own (reentrant use) nor wait for a
+/// live tid: the claimer's recorded identity (process, start time) says
+/// the claimer is gone, and it takes over within 100 ms.
+#[test]
+fn an_initializer_whose_tid_was_recycled_is_taken_over() {
+    // Leaked: the exiting thread keeps a borrow of it that never ends.
+    let seg: &'static Segment = Box::leak(Box::new(Segment::anonymous(1 << 20).unwrap()));
+    let heap = seg.heap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = heap.find_or_init("recycled", || -> u64 {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            // SAFETY: ends this thread at once, without unwinding: its
+            // claim stays, as a crashed initializer's would. Nothing after
+            // this runs; the thread's stack is never reused.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!()
+        });
+    });
+    let dead = rx.recv().unwrap();
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/self/task/{dead}")).exists() {
+        assert!(std::time::Instant::now() < gone, "the thread never exited");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A later clock tick, so the new thread's start time differs.
+    std::thread::sleep(Duration::from_millis(30));
+    let took = shmutils_workspace::with_recycled_tid(dead, || {
+        let t = std::time::Instant::now();
+        let p = heap.find_or_init("recycled", || 42u64).unwrap();
+        (t.elapsed(), *heap.get(p).unwrap())
+    });
+    if let Some((took, value)) = took {
+        assert_eq!(value, 42, "our initializer ran");
+        assert!(
+            took < Duration::from_millis(100),
+            "took over after {took:?}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use lock_support::{await_flag, park, segment, wait_until, DEATH_BOUND};
 use shmutils::{Lock, LockError, MappedMemory, RLock, RawMutex};
-use shmutils_workspace::{fork, Child};
+use shmutils_workspace::{fork, with_recycled_tid, Child};
 
 const FLAG: usize = 0;
 const RESULT: usize = 4;
@@ -335,48 +335,6 @@ fn a_leaked_guard_of_an_exited_thread_is_abandoned_never_a_second_guard() {
         _ => 1,
     });
     assert_eq!(other.wait(), 0);
-}
-
-/// Tries to make the kernel give `tid` to a new thread of this process:
-/// writes `tid - 1` to `/proc/sys/kernel/ns_last_pid`, spawns, checks.
-/// Other processes creating threads race with it, so a few tries. `None`
-/// (with a message) when not root or the tid would not land.
-fn with_recycled_tid<R: Send>(tid: u32, body: impl FnOnce() -> R + Send) -> Option<R> {
-    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: forcing a tid needs root ({NS_LAST_PID})");
-        return None;
-    }
-    let mut body = Some(body);
-    for _ in 0..50 {
-        if std::fs::write(NS_LAST_PID, (tid - 1).to_string()).is_err() {
-            eprintln!("skipped: {NS_LAST_PID} is not writable");
-            return None;
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
-        let slot = &mut body;
-        let result = std::thread::scope(|sc| {
-            let h = sc.spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                tx.send(unsafe { libc::gettid() } as u32).unwrap();
-                if go_rx.recv().unwrap() {
-                    Some(slot.take().unwrap()())
-                } else {
-                    None
-                }
-            });
-            let got = rx.recv().unwrap();
-            go_tx.send(got == tid).unwrap();
-            h.join().unwrap()
-        });
-        if let Some(r) = result {
-            return Some(r);
-        }
-    }
-    eprintln!("skipped: tid {tid} did not land in 50 tries");
-    None
 }
 
 /// A thread that exits with an `RLock` leaked (after a half-finished

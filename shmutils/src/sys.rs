@@ -509,6 +509,25 @@ pub(crate) fn proc_thread(pid: u32, tid: u32) -> ProcThread {
     }
 }
 
+/// Whether thread `tid` of process `pid` still runs: it exists in that
+/// process, has not exited (a zombie) and, if `start` gives its recorded
+/// start time (the low `bits` bits of clock ticks since boot), started
+/// then, so a recycled thread id is not taken for it. The one identity
+/// check of the crate: lock owners and directory claimers are judged by
+/// it. Without `/proc`, only the thread id can be asked about.
+pub(crate) fn thread_runs(pid: u32, tid: u32, start: Option<(u64, u32)>) -> bool {
+    match proc_thread(pid, tid) {
+        ProcThread::Found(st) => {
+            !st.zombie
+                && start.map_or(true, |(at, bits)| {
+                    st.start_ticks & ((1u64 << bits) - 1) == at
+                })
+        }
+        ProcThread::Gone => false,
+        ProcThread::Unknown => thread_alive(tid),
+    }
+}
+
 /// Thread `tid` of any process, from `/proc/TID/stat` (hidden thread ids
 /// resolve there too).
 pub(crate) fn proc_any_thread(tid: u32) -> ProcThread {

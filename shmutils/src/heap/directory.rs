@@ -84,7 +84,39 @@ pub(crate) struct DirEntry {
     lens: AtomicU64,
     name: [AtomicU64; MAX_NAME_LEN / 8],
     type_name: [AtomicU64; MAX_TYPE_NAME_LEN / 8],
-    _reserved: AtomicU64,
+    /// Who is initializing the entry (`INIT`), as [`claimer_record`] packs
+    /// it; 0 when unknown.
+    claimer: AtomicU64,
+}
+
+/// Bits of the claimer's start time kept in its record (100 Hz ticks:
+/// wraps after 2.9 hours; a recycled thread id must also start a multiple
+/// of that later to pass for the claimer).
+const CLAIMER_START_BITS: u32 = 20;
+
+/// The calling thread's claimer record: `tid << 42 | pid << 20 | start`,
+/// tid and pid 22 bits each (`PID_MAX_LIMIT`).
+fn claimer_record() -> u64 {
+    let me = crate::process::current_identity();
+    let start = crate::process::ThreadIdentity::start_ticks(me.detail);
+    u64::from(me.tid & 0x3f_ffff) << 42
+        | u64::from(me.pid & 0x3f_ffff) << CLAIMER_START_BITS
+        | start & ((1 << CLAIMER_START_BITS) - 1)
+}
+
+/// Whether the thread `tid` that claimed `e` (its `INIT` state says so)
+/// still runs: by its full record if it published one for this claim (the
+/// record names the same tid), else by the thread id alone.
+fn claimer_runs(e: &DirEntry, tid: u32) -> bool {
+    let r = e.claimer.load(Ordering::Acquire);
+    if r != 0 && (r >> 42) as u32 == tid {
+        let pid = ((r >> CLAIMER_START_BITS) & 0x3f_ffff) as u32;
+        let start = r & ((1 << CLAIMER_START_BITS) - 1);
+        let start = (start != 0).then_some((start, CLAIMER_START_BITS));
+        sys::thread_runs(pid, tid, start)
+    } else {
+        sys::thread_alive(tid)
+    }
 }
 
 const _: () = assert!(size_of::<DirEntry>() == 160);
@@ -189,6 +221,7 @@ struct ClaimGuard<'a> {
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
+            self.entry.claimer.store(0, Ordering::Relaxed);
             // Release: later claimers see our fields as stale, never half
             // made (they bump the generation before writing).
             let _ = self.entry.state.compare_exchange(
@@ -364,14 +397,17 @@ impl<'s> Directory<'s> {
                 Scan::Ready(snap) => return self.typed::<T>(name, &snap),
                 Scan::Busy { index, state } => {
                     let tid = tid_of(state);
-                    if tid == me {
+                    let claimer = self.entry(index).claimer.load(Ordering::Acquire);
+                    // Our tid: our own claim (reentrant use), unless the
+                    // record names another thread that had this tid before.
+                    if tid == me && (claimer == 0 || claimer == claimer_record()) {
                         return Err(Error::InvalidArgument {
                             what: format!(
                                 "find_or_init({name:?}) was called from the initializer of the same name"
                             ),
                         });
                     }
-                    if !sys::thread_alive(tid) {
+                    if !claimer_runs(self.entry(index), tid) {
                         // The initializer died: free its entry (exact value).
                         let _ = self.entry(index).state.compare_exchange(
                             state,
@@ -414,6 +450,9 @@ impl<'s> Directory<'s> {
             {
                 continue;
             }
+            // Release: a waiter that reads the record (Acquire) and finds
+            // our tid in it sees a whole record.
+            e.claimer.store(claimer_record(), Ordering::Release);
             let mut guard = ClaimGuard {
                 entry: e,
                 claimed,
@@ -447,6 +486,7 @@ impl<'s> Directory<'s> {
             };
             let ptr = self.heap.new(init())?;
             e.offset.store(ptr.offset(), Ordering::Relaxed);
+            e.claimer.store(0, Ordering::Relaxed);
             // Release: publishes the fields and the object to the Acquire
             // loads in read_ready().
             if e.state
@@ -526,7 +566,7 @@ impl<'s> Directory<'s> {
             let s = self.entry(i).state.load(Ordering::Acquire);
             match kind(s) {
                 READY => ready += 1,
-                INIT if !sys::thread_alive(tid_of(s)) => stale.push(format!(
+                INIT if !claimer_runs(self.entry(i), tid_of(s)) => stale.push(format!(
                     "directory entry {i} was left initializing by thread {} that no longer exists",
                     tid_of(s)
                 )),
@@ -701,7 +741,7 @@ mod tests {
         let (a, b) = (heap.directory().entry(0), heap.directory().entry(1));
         fn words(e: &DirEntry) -> Vec<&AtomicU64> {
             let mut w = vec![&e.state, &e.generation, &e.offset, &e.fingerprint];
-            w.extend([&e.size, &e.align, &e.lens]);
+            w.extend([&e.size, &e.align, &e.lens, &e.claimer]);
             w.extend(e.name.iter().chain(&e.type_name));
             w
         }

@@ -130,16 +130,11 @@ impl Oracle for Kernel {
             // its tid next.
             !process::registered_thread_alive(owner.tid, ThreadIdentity::serial(owner.detail))
         } else {
-            match sys::proc_thread(owner.pid, owner.tid) {
-                sys::ProcThread::Found(st) => {
-                    st.zombie
-                        || (start != 0
-                            && st.start_ticks & ((1 << process::START_BITS) - 1) != start)
-                }
-                sys::ProcThread::Gone => true,
-                // No /proc: the thread id is all there is to ask about.
-                sys::ProcThread::Unknown => !sys::thread_alive(owner.tid),
-            }
+            !sys::thread_runs(
+                owner.pid,
+                owner.tid,
+                (start != 0).then_some((start, process::START_BITS)),
+            )
         };
         match (dead, here) {
             (false, _) => Liveness::Alive,
