@@ -52,6 +52,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod process;
+mod sync;
 mod sys;
 
 pub mod error;

@@ -45,8 +45,8 @@
 //! the block in its hands between the pop and the claim of its meta word.
 //!
 //! # Model checking
-//! `pop` and `push_chain` are written over two small traits ([`Word`], an
-//! atomic 64-bit cell, and [`Nodes`], the blocks a list may name), so that
+//! `pop` and `push_chain` are written over two small traits (the crate's
+//! atomic cell `Word`, and [`Nodes`], the blocks a list may name), so that
 //! with `--cfg loom` the tests at the end of this file run the very same
 //! code over `loom` atomics; the heap instantiates them with `std`'s.
 
@@ -55,65 +55,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::class::GRANULE;
 use super::meta;
 use super::{Block, SharedHeap};
-
-/// An atomic 64-bit cell (a list head or a meta word).
-pub(crate) trait Word {
-    fn load(&self, order: Ordering) -> u64;
-    fn store(&self, v: u64, order: Ordering);
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64>;
-    fn compare_exchange_weak(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64>;
-}
-
-macro_rules! impl_word {
-    ($t:ty) => {
-        impl Word for $t {
-            #[inline(always)]
-            fn load(&self, order: Ordering) -> u64 {
-                <$t>::load(self, order)
-            }
-            #[inline(always)]
-            fn store(&self, v: u64, order: Ordering) {
-                <$t>::store(self, v, order)
-            }
-            #[inline(always)]
-            fn compare_exchange(
-                &self,
-                current: u64,
-                new: u64,
-                success: Ordering,
-                failure: Ordering,
-            ) -> Result<u64, u64> {
-                <$t>::compare_exchange(self, current, new, success, failure)
-            }
-            #[inline(always)]
-            fn compare_exchange_weak(
-                &self,
-                current: u64,
-                new: u64,
-                success: Ordering,
-                failure: Ordering,
-            ) -> Result<u64, u64> {
-                <$t>::compare_exchange_weak(self, current, new, success, failure)
-            }
-        }
-    };
-}
-
-impl_word!(AtomicU64);
-#[cfg(loom)]
-impl_word!(loom::sync::atomic::AtomicU64);
+use crate::sync::Word;
 
 /// The blocks a free list may name.
 pub(crate) trait Nodes<'a> {

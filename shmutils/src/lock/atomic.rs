@@ -8,28 +8,15 @@
 //! `word.rs` instantiate the same code with `loom` atomics, a futex that
 //! only yields, and a scripted oracle.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::process::{self, ThreadIdentity};
+use crate::sync::Word;
 use crate::sys;
 
 /// A 64-bit atomic cell with a futex on its low 32 bits.
-pub(crate) trait Atom {
-    fn load(&self, order: Ordering) -> u64;
-    fn store(&self, v: u64, order: Ordering);
-    fn swap(&self, v: u64, order: Ordering) -> u64;
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64>;
-    fn fetch_and(&self, v: u64, order: Ordering) -> u64;
-    fn fetch_sub(&self, v: u64, order: Ordering) -> u64;
-    /// A memory fence of the same model as the atomics.
-    fn fence(order: Ordering);
+pub(crate) trait Atom: Word {
     /// Sleeps while the low 32 bits equal `low`, for at most `timeout`;
     /// returns whether the time ran out (`false` for a wake-up, a change,
     /// a signal or a spurious return: the caller re-reads in every case).
@@ -39,40 +26,6 @@ pub(crate) trait Atom {
 }
 
 impl Atom for AtomicU64 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u64 {
-        AtomicU64::load(self, order)
-    }
-    #[inline]
-    fn store(&self, v: u64, order: Ordering) {
-        AtomicU64::store(self, v, order)
-    }
-    #[inline]
-    fn swap(&self, v: u64, order: Ordering) -> u64 {
-        AtomicU64::swap(self, v, order)
-    }
-    #[inline]
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
-    }
-    #[inline]
-    fn fetch_and(&self, v: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_and(self, v, order)
-    }
-    #[inline]
-    fn fetch_sub(&self, v: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_sub(self, v, order)
-    }
-    #[inline]
-    fn fence(order: Ordering) {
-        std::sync::atomic::fence(order)
-    }
     fn wait_low(&self, low: u32, timeout: Duration) -> bool {
         sys::futex_wait_low(self, low, Some(timeout)) == sys::FutexWait::TimedOut
     }
@@ -159,38 +112,12 @@ impl Oracle for Kernel {
 #[cfg(all(test, loom))]
 mod loom_impl {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     /// The model's 64-bit atomic: the futex only yields (a sleeper returns
     /// at once and re-reads), so loom explores every interleaving of the
     /// state machine but not the kernel's wake-up bookkeeping.
     impl Atom for loom::sync::atomic::AtomicU64 {
-        fn load(&self, order: Ordering) -> u64 {
-            loom::sync::atomic::AtomicU64::load(self, order)
-        }
-        fn store(&self, v: u64, order: Ordering) {
-            loom::sync::atomic::AtomicU64::store(self, v, order)
-        }
-        fn swap(&self, v: u64, order: Ordering) -> u64 {
-            loom::sync::atomic::AtomicU64::swap(self, v, order)
-        }
-        fn compare_exchange(
-            &self,
-            current: u64,
-            new: u64,
-            success: Ordering,
-            failure: Ordering,
-        ) -> Result<u64, u64> {
-            loom::sync::atomic::AtomicU64::compare_exchange(self, current, new, success, failure)
-        }
-        fn fetch_and(&self, v: u64, order: Ordering) -> u64 {
-            loom::sync::atomic::AtomicU64::fetch_and(self, v, order)
-        }
-        fn fetch_sub(&self, v: u64, order: Ordering) -> u64 {
-            loom::sync::atomic::AtomicU64::fetch_sub(self, v, order)
-        }
-        fn fence(order: Ordering) {
-            loom::sync::atomic::fence(order)
-        }
         fn wait_low(&self, low: u32, _timeout: Duration) -> bool {
             if self.load(Ordering::Relaxed) as u32 == low {
                 loom::thread::yield_now();
