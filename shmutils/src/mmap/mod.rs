@@ -799,10 +799,11 @@ impl MappedMemory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn anon(len: usize) -> MappedMemory {
+    /// A read-write anonymous shared mapping of `len` bytes.
+    pub(crate) fn anon(len: usize) -> MappedMemory {
         MappedMemory::new(
             None,
             len,

@@ -151,18 +151,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
     use crate::error::Error;
-    use crate::mmap::{MapFlags, MapProtections, MappedMemory};
-
-    fn anon(len: usize) -> MappedMemory {
-        MappedMemory::new(
-            None,
-            len,
-            MapProtections::READ_WRITE,
-            MapFlags::SHARED,
-            None,
-        )
-        .unwrap()
-    }
+    use crate::mmap::tests::anon;
 
     fn mismatch<T: std::fmt::Debug>(r: crate::Result<T>) -> (String, String, String) {
         match r {
