@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! seq       bumped by every notify; a waiter sleeps while it is unchanged
-//! sleepers  waiters inside (or about to enter) futex_wait; a notify
-//!           makes the futex_wake system call only when it is non-zero
+//! sleepers  epoch (high 8 bits) | waiters inside (or about to enter)
+//!           futex_wait (low 24 bits); a notify makes the futex_wake
+//!           system call only when the count is non-zero
 //! ```
 //!
 //! **A killed sleeper heals.** A waiter killed inside `futex_wait` never
@@ -12,11 +13,11 @@
 //! system call. A notify whose `futex_wake` woke nobody knows that each
 //! waiter it counted is either dead or about to see the new `seq` and stay
 //! awake (it re-checks `seq` after counting itself, and the notify bumped it
-//! first), so it takes one off the count; waiters take themselves off the
-//! same way, never below zero. `n` killed sleepers cost the next `n`
-//! notifies a system call each, then nothing. The rare undercount this
-//! allows (a waiter counted while another leaves) costs at most one sleep
-//! slice of latency, as garbage in the word does.
+//! first), so it starts a new epoch with a count of zero. A waiter takes
+//! itself off the count only in the epoch it counted itself in, so a late
+//! leaver never takes off a newer sleeper's count (that would let a notify
+//! skip a live sleeper). Any number of killed sleepers cost the next notify
+//! one system call, then nothing.
 //!
 //! A waiter reads `seq` while holding the lock, unlocks, then spins on
 //! `seq` for a few microseconds (a hand-off between running processes is
@@ -34,6 +35,10 @@ use super::typed::LockGuard;
 use super::LockResult;
 use crate::shared::{Fingerprint, Shared};
 use crate::sys;
+
+/// The count bits of `sleepers`; the bits above are the epoch.
+const COUNT: u32 = (1 << 24) - 1;
+const EPOCH_SHIFT: u32 = 24;
 
 /// How long a waiter spins on the sequence word before it sleeps.
 const SPIN_FOR: Duration = Duration::from_micros(20);
@@ -162,9 +167,9 @@ impl Condvar {
 
     /// How many waiters are counted as asleep: a hint for diagnostics (a
     /// notify makes a system call only when it is non-zero; waiters killed
-    /// in their sleep stay counted until notifies find nobody to wake).
+    /// in their sleep stay counted until a notify finds nobody to wake).
     pub fn sleepers(&self) -> u32 {
-        self.sleepers.load(Ordering::Relaxed)
+        self.sleepers.load(Ordering::Relaxed) & COUNT
     }
 
     /// Wakes at least one waiter, if any (spinning waiters all notice).
@@ -182,20 +187,31 @@ impl Condvar {
         // `seq` re-check in `block`, either we see its count and wake it, or
         // it sees our bump and does not sleep.
         self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 && sys::futex_wake(&self.seq, n) == 0 {
-            // Nobody was asleep: one counted sleeper is dead (or leaving).
-            self.leave();
+        let counted = self.sleepers.load(Ordering::SeqCst);
+        if counted & COUNT != 0 && sys::futex_wake(&self.seq, n) == 0 {
+            // Nobody was asleep: every counted waiter is dead or leaving.
+            // A new epoch, counting from zero (unless someone counted
+            // themselves since: then the next notify looks again).
+            let _ = self.sleepers.compare_exchange(
+                counted,
+                (counted & !COUNT).wrapping_add(1 << EPOCH_SHIFT),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
-    /// Takes one off `sleepers`, never below zero (a notify may have taken
-    /// off the count of a dead sleeper, or of this very waiter).
-    fn leave(&self) {
+    /// Takes one off the count of `epoch` (the value the waiter's increment
+    /// returned), if that epoch still runs and its count is not zero.
+    fn leave(&self, counted_in: u32) {
+        let epoch = counted_in & !COUNT;
         // Relaxed: the count only decides whether a notify makes a system
         // call; `seq` carries the ordering.
         let _ = self
             .sleepers
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v & !COUNT == epoch && v & COUNT != 0).then(|| v - 1)
+            });
     }
 
     /// Waits until `seq` moves on from `seen` (or a spurious wake-up, or
@@ -225,14 +241,16 @@ impl Condvar {
                     _ => return true,
                 },
             };
-            // SeqCst: see `notify`.
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            // SeqCst: see `notify`. (A count that reached 2^24 would carry
+            // into the epoch: then a spurious system call or wake-up, no
+            // more.)
+            let counted_in = self.sleepers.fetch_add(1, Ordering::SeqCst);
             let slept = if self.seq.load(Ordering::SeqCst) == seen {
                 sys::futex_wait(&self.seq, seen, Some(timeout))
             } else {
                 sys::FutexWait::Changed
             };
-            self.leave();
+            self.leave(counted_in);
             if slept != sys::FutexWait::TimedOut || self.seq.load(Ordering::Relaxed) != seen {
                 return false;
             }
@@ -289,16 +307,32 @@ mod tests {
     }
 
     #[test]
-    fn a_sleeper_count_left_by_dead_sleepers_heals_one_per_notify() {
+    fn a_sleeper_count_left_by_dead_sleepers_heals_at_the_next_notify() {
         let cv = Condvar::new();
         // Eight sleepers that died in futex_wait: counted, never leaving.
         cv.sleepers.store(8, Ordering::SeqCst);
-        for left in (0..8).rev() {
-            cv.notify_one();
-            assert_eq!(cv.sleepers.load(Ordering::SeqCst), left);
-        }
-        cv.notify_all();
-        assert_eq!(cv.sleepers.load(Ordering::SeqCst), 0, "never below zero");
+        cv.notify_one();
+        assert_eq!(cv.sleepers(), 0);
+        assert_eq!(
+            cv.sleepers.load(Ordering::SeqCst) >> EPOCH_SHIFT,
+            1,
+            "a new epoch"
+        );
+    }
+
+    #[test]
+    fn a_late_leaver_never_takes_off_a_newer_sleepers_count() {
+        let cv = Condvar::new();
+        // A waiter counts itself (epoch 0) and is about to sleep ...
+        let counted_in = cv.sleepers.fetch_add(1, Ordering::SeqCst);
+        // ... a notify finds nobody asleep and starts epoch 1 ...
+        cv.notify_one();
+        // ... another waiter counts itself in epoch 1 and sleeps ...
+        cv.sleepers.fetch_add(1, Ordering::SeqCst);
+        // ... and the first one leaves late: the sleeper stays counted, so
+        // the next notify wakes it.
+        cv.leave(counted_in);
+        assert_eq!(cv.sleepers(), 1);
     }
 
     #[test]
