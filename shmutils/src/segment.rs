@@ -65,12 +65,15 @@ use std::mem::offset_of;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::heap::layout::Geometry;
 use crate::heap::{self, SharedHeap, TypeCache};
 use crate::mmap::MappedMemory;
+use crate::registry::local::Attachment;
+use crate::registry::ProcessInfo;
 use crate::shm::{self, shm_unlink, FileLock, Mode, ShmFd};
 use crate::sys;
 
@@ -176,6 +179,8 @@ pub struct Segment {
     /// memory, it lives on the kernel's internal mount, which has no size
     /// of its own to run out of.
     memfd: Option<OwnedFd>,
+    /// This process's side of the segment's registry.
+    att: Arc<Attachment>,
 }
 
 impl Segment {
@@ -556,10 +561,13 @@ impl Segment {
         let types = TypeCache::new();
         // SAFETY: the mapping is live, read-write and page-aligned; the view
         // is dropped at once (only the validated geometry is kept).
-        let geo =
-            unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None, None)? }
-                .geometry();
-        Ok(Segment {
+        let view =
+            unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None, None)? };
+        let geo = view.geometry();
+        // SAFETY: the registry lies inside the mapping, which the Segment
+        // keeps until its Drop has detached the attachment; all atomics.
+        let att = unsafe { Attachment::new(view.registry_header()) };
+        let seg = Segment {
             map,
             name,
             id,
@@ -570,7 +578,14 @@ impl Segment {
             created,
             unlink_on_drop: None,
             memfd: None,
-        })
+            att,
+        };
+        // Slots whose owners died are reaped at open, and this process
+        // says it is attached.
+        let heap = seg.heap();
+        heap.reap();
+        seg.att.attach_process(&heap);
+        Ok(seg)
     }
 
     /// The heap inside the segment: a cheap view, valid while the segment
@@ -591,7 +606,23 @@ impl Segment {
                 self.name.as_deref(),
                 Some(self.id),
             )
+            .with_attachment(&self.att)
         }
+    }
+
+    /// The live processes attached to the segment (each process that made
+    /// or opened it and has not dropped it), read from its registry.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.heap().registry().processes()
+    }
+
+    /// Reaps the registry slots of dead processes and threads now (it also
+    /// happens at `open`, and when a thread finds no free slot): what they
+    /// were doing with their allocation caches is settled, and their
+    /// cached blocks become free for the next claimer. Returns how many
+    /// slots were reaped.
+    pub fn reap(&self) -> usize {
+        self.heap().reap()
     }
 
     /// The shared memory name (with its leading `/`); `None` if anonymous.
@@ -666,6 +697,8 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        // Before the mapping goes: free this process's slots.
+        self.att.detach();
         if self.unlink_on_drop == Some(crate::process::fork_generation()) {
             if let Some(name) = &self.name {
                 let _ = shm_unlink(name);
