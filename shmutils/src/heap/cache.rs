@@ -48,6 +48,7 @@ use super::meta;
 use super::stack::{self, Pop};
 use super::{current_shard, move_shard, Block, Carved, SharedHeap};
 use crate::error::{Error, Result};
+use crate::registry::local::Local;
 use crate::registry::{my_identity, Registry, Slot, CACHE_HEADS};
 
 /// Size classes the caches serve: every class whose blocks are at most
@@ -74,16 +75,64 @@ const _: () = assert!(NCACHED <= CACHE_HEADS && NCACHED > NSMALL);
 
 const POS_MASK: u64 = (1 << 40) - 1;
 
-/// Blocks frees add to a cache of class `c` before they go to the shared
+/// Blocks frees add to a cache of each class before they go to the shared
 /// lists: 32 KiB of small blocks (8 to 64 of them), 512 KiB of large ones
 /// (1 to 8).
-#[inline]
-fn cap(c: usize) -> u64 {
-    let size = block_size(c);
-    if c < NSMALL {
-        (32_768 / size).clamp(8, 64)
-    } else {
-        (524_288 / size).clamp(1, 8)
+const CAP: [u16; NCACHED] = caps();
+
+const fn caps() -> [u16; NCACHED] {
+    let mut out = [0u16; NCACHED];
+    let mut c = 0;
+    while c < NCACHED {
+        let size = block_size_const(c);
+        let (budget, lo, hi) = if c < NSMALL {
+            (32_768, 8, 64)
+        } else {
+            (524_288, 1, 8)
+        };
+        let n = budget / size;
+        out[c] = if n < lo {
+            lo
+        } else if n > hi {
+            hi
+        } else {
+            n
+        } as u16;
+        c += 1;
+    }
+    out
+}
+
+/// Where each class's entries start in a [`Mirror`].
+const MIRROR_AT: [usize; NCACHED + 1] = mirror_at();
+
+const fn mirror_at() -> [usize; NCACHED + 1] {
+    let mut out = [0usize; NCACHED + 1];
+    let mut c = 0;
+    while c < NCACHED {
+        out[c + 1] = out[c] + CAP[c] as usize;
+        c += 1;
+    }
+    out
+}
+
+/// This thread's process-local copy of the top of its cache's lists: the
+/// blocks it pushed itself (checked when they were freed) with their meta
+/// words, so that taking one back needs no page map lookup. The lists in
+/// the slot stay the truth: a pop checks that the list's head is the
+/// mirror's top and that its word is a free word of this cache (a peer may
+/// have changed either), and falls back to the checked path otherwise.
+pub(crate) struct Mirror {
+    len: [u16; NCACHED],
+    blocks: [(u64, *const AtomicU64); MIRROR_AT[NCACHED]],
+}
+
+impl Mirror {
+    pub(crate) fn new() -> Mirror {
+        Mirror {
+            len: [0; NCACHED],
+            blocks: [(0, std::ptr::null()); MIRROR_AT[NCACHED]],
+        }
     }
 }
 
@@ -109,26 +158,66 @@ impl<'s> SharedHeap<'s> {
     /// Takes the first block of the cache's list of class `c` and marks it
     /// allocated as `ty`; `None` if the list is empty (or was garbage, and
     /// has been dropped).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn cache_pop(
         &self,
-        s: &Slot,
+        l: Local<'s>,
         c: usize,
         ty: u32,
         private: bool,
     ) -> Option<(u64, &'s AtomicU64)> {
+        let s = l.slot;
         let hw = &s.heads[c];
         let h = hw.load(Ordering::Relaxed);
         let off = first_of(h);
         if off == 0 {
             return None;
         }
-        let custody = self.custody(s);
+        // SAFETY: the mirror is this thread's own (Local's contract); no
+        // other reference to it exists during the call.
+        let m = unsafe { &mut *l.mirror.as_ptr() };
+        let k = usize::from(m.len[c]);
+        let top = (k > 0).then(|| m.blocks[MIRROR_AT[c] + k - 1]);
+        let word = match top {
+            // SAFETY: the mirror holds only meta words of blocks this
+            // thread freed into its cache, checked then; they lie in the
+            // mapping, which lives while the caller holds the segment.
+            Some((o, w)) if o == off => unsafe { &*w },
+            _ => {
+                m.len[c] = 0;
+                return self.cache_pop_checked(l, c, ty, private);
+            }
+        };
+        m.len[c] -= 1;
+        let Some(next) = meta::held_link(word.load(Ordering::Relaxed), off, l.custody) else {
+            m.len[c] = 0;
+            return self.cache_pop_checked(l, c, ty, private);
+        };
+        Some(self.cache_take(s, hw, h, off, next, word, ty, private))
+    }
+
+    /// The checked pop: the head located through the page map.
+    #[inline(never)]
+    fn cache_pop_checked(
+        &self,
+        l: Local<'s>,
+        c: usize,
+        ty: u32,
+        private: bool,
+    ) -> Option<(u64, &'s AtomicU64)> {
+        let hw = &l.slot.heads[c];
+        let h = hw.load(Ordering::Relaxed);
+        let off = first_of(h);
+        if off == 0 {
+            return None;
+        }
         let found = self
             .block_at(off)
             .filter(|b| b.class == c && b.start == off)
             .and_then(|b| self.meta_word(b))
-            .and_then(|w| meta::held_link(w.load(Ordering::Relaxed), off, custody).map(|n| (w, n)));
+            .and_then(|w| {
+                meta::held_link(w.load(Ordering::Relaxed), off, l.custody).map(|n| (w, n))
+            });
         let Some((word, next)) = found else {
             // A peer scribbled over the list (or its head): leak the rest
             // rather than follow it.
@@ -136,6 +225,24 @@ impl<'s> SharedHeap<'s> {
             hw.store(0, Ordering::Relaxed);
             return None;
         };
+        Some(self.cache_take(l.slot, hw, h, off, next, word, ty, private))
+    }
+
+    /// Takes the block `off` (whose word `word` said "free in this cache,
+    /// next `next`") off the head `h` of list `hw`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn cache_take(
+        &self,
+        s: &Slot,
+        hw: &AtomicU64,
+        h: u64,
+        off: u64,
+        next: u64,
+        word: &'s AtomicU64,
+        ty: u32,
+        private: bool,
+    ) -> (u64, &'s AtomicU64) {
         // The three stores are ordered (Release) so that a reaper, after
         // this thread died anywhere between them, finds the block either
         // still first in the list, or recorded in `inflight` and still
@@ -153,7 +260,7 @@ impl<'s> SharedHeap<'s> {
         // peer writing into our blocks (the trust model).
         word.store(meta::allocated(ty, off, private), Ordering::Release);
         s.inflight.store(0, Ordering::Release);
-        Some((off, word))
+        (off, word)
     }
 
     /// Frees the allocated block `b` into the cache. `Ok(false)`: the list
@@ -162,12 +269,13 @@ impl<'s> SharedHeap<'s> {
     /// # Errors
     /// [`Error::DoubleFree`] if the block is not allocated (or its word is
     /// not `expect`).
-    #[inline]
-    pub(crate) fn cache_push(&self, s: &Slot, b: Block, expect: Option<u64>) -> Result<bool> {
+    #[inline(always)]
+    pub(crate) fn cache_push(&self, l: Local<'s>, b: Block, expect: Option<u64>) -> Result<bool> {
+        let s = l.slot;
         let hw = &s.heads[b.class];
         let h = hw.load(Ordering::Relaxed);
         let count = h >> 40;
-        if count >= cap(b.class) {
+        if count >= u64::from(CAP[b.class]) {
             return Ok(false);
         }
         let Some(word) = self.meta_word(b) else {
@@ -185,11 +293,18 @@ impl<'s> SharedHeap<'s> {
         // that way: every claim is a CAS from an exact free word. Release:
         // the record before the word changes (for a reaper).
         word.store(
-            meta::held(b.start, first_of(h), self.custody(s)),
+            meta::held(b.start, first_of(h), l.custody),
             Ordering::Release,
         );
         hw.store(head_word(b.start, count + 1), Ordering::Release);
         s.inflight.store(0, Ordering::Release);
+        // SAFETY: as in cache_pop().
+        let m = unsafe { &mut *l.mirror.as_ptr() };
+        let k = usize::from(m.len[b.class]);
+        if k < usize::from(CAP[b.class]) {
+            m.blocks[MIRROR_AT[b.class] + k] = (b.start, word as *const AtomicU64);
+            m.len[b.class] += 1;
+        }
         Ok(true)
     }
 
@@ -288,13 +403,36 @@ impl<'s> SharedHeap<'s> {
             {
                 continue;
             }
-            let got = self.cache_pop(s, c, ty, private);
+            let got = self.adopt_pop(s, c, ty, private);
             reg.release(s, me);
             if got.is_some() {
                 return got;
             }
         }
         None
+    }
+
+    /// A checked pop from the cache of a slot the caller claimed for the
+    /// moment (no mirror).
+    fn adopt_pop(
+        &self,
+        s: &'s Slot,
+        c: usize,
+        ty: u32,
+        private: bool,
+    ) -> Option<(u64, &'s AtomicU64)> {
+        let hw = &s.heads[c];
+        let h = hw.load(Ordering::Relaxed);
+        let off = first_of(h);
+        let custody = self.custody(s);
+        let (word, next) = self
+            .block_at(off)
+            .filter(|b| off != 0 && b.class == c && b.start == off)
+            .and_then(|b| self.meta_word(b))
+            .and_then(|w| {
+                meta::held_link(w.load(Ordering::Relaxed), off, custody).map(|n| (w, n))
+            })?;
+        Some(self.cache_take(s, hw, h, off, next, word, ty, private))
     }
 
     /// Reaps every slot whose owner (or reaper) is dead; returns how many.

@@ -92,7 +92,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::process;
 use crate::ptr::{RelPtr, RelSlice};
-use crate::registry::local::Attachment;
+use crate::registry::local::{Attachment, Local};
 use crate::registry::{Registry, RegistryHeader, Slot, SLOTS};
 use crate::shared::Shared;
 use crate::sys;
@@ -337,7 +337,7 @@ impl<'s> SharedHeap<'s> {
     /// The calling thread's slot (claimed on first use), if this view
     /// allocates through caches and a slot was free.
     #[inline(always)]
-    fn slot(&self) -> Option<&'s Slot> {
+    fn slot(&self) -> Option<Local<'s>> {
         match self.att {
             Some(att) => att.slot(self),
             None => None,
@@ -551,6 +551,7 @@ impl<'s> SharedHeap<'s> {
     /// [`Error::OutOfMemory`]; [`Error::InvalidArgument`] for an alignment
     /// above 4096; [`Error::HeapCorrupt`] if a peer corrupted the free lists
     /// beyond what one allocation skips.
+    #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<RelPtr<u8>> {
         self.alloc_as(layout, meta::RAW, false)
             .map(|(off, _)| RelPtr::from_heap(off))
@@ -558,13 +559,27 @@ impl<'s> SharedHeap<'s> {
 
     /// Allocates a block for `layout` whose meta word says `ty` (private or
     /// published); returns its offset and its meta word.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_as(
         &self,
         layout: Layout,
         ty: u32,
         private: bool,
     ) -> Result<(u64, &'s AtomicU64)> {
+        // The common case, inlined: a block from this thread's cache.
+        if let Some(c) = class_of(layout).filter(|&c| c < cache::NCACHED) {
+            if let Some(l) = self.slot() {
+                if let Some(got) = self.cache_pop(l, c, ty, private) {
+                    return Ok(got);
+                }
+            }
+        }
+        self.alloc_slow(layout, ty, private)
+    }
+
+    /// [`alloc_as`](Self::alloc_as) past an empty (or no) cache.
+    #[inline(never)]
+    fn alloc_slow(&self, layout: Layout, ty: u32, private: bool) -> Result<(u64, &'s AtomicU64)> {
         let Some(c) = class_of(layout) else {
             return Err(Error::InvalidArgument {
                 what: format!(
@@ -574,11 +589,11 @@ impl<'s> SharedHeap<'s> {
             });
         };
         if c < cache::NCACHED {
-            if let Some(s) = self.slot() {
-                if let Some(got) = self.cache_pop(s, c, ty, private) {
+            if let Some(l) = self.slot() {
+                if let Some(got) = self.cache_pop(l, c, ty, private) {
                     return Ok(got);
                 }
-                return self.refill(s, c, ty, private, layout);
+                return self.refill(l.slot, c, ty, private, layout);
             }
         }
         let shard = current_shard();
@@ -851,9 +866,15 @@ impl<'s> SharedHeap<'s> {
     /// the middle of a block; [`Error::WrongLayout`] for a layout of another
     /// class; [`Error::DoubleFree`] for a block that is not allocated. The
     /// heap is unchanged in every case.
+    #[inline]
     pub unsafe fn free(&self, ptr: RelPtr<u8>, layout: Layout) -> Result<()> {
-        let b = self.checked_block(ptr.offset(), layout)?;
-        self.release(b, None)
+        let off = ptr.offset();
+        // A match rather than `checked_block(..)?`: the block stays in
+        // registers on the way to the cache.
+        match self.block_at(off) {
+            Some(b) if b.start == off && class_of(layout) == Some(b.class) => self.release(b, None),
+            _ => Err(self.not_a_block(off, layout)),
+        }
     }
 
     /// The block starting at `off`, if `layout` belongs to its class. (The
@@ -921,15 +942,22 @@ impl<'s> SharedHeap<'s> {
 
     /// Frees an allocated block: into this thread's cache, or onto its
     /// shard of the shared lists.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, b: Block, expect: Option<u64>) -> Result<()> {
         if b.class < cache::NCACHED {
-            if let Some(s) = self.slot() {
-                if self.cache_push(s, b, expect)? {
+            if let Some(l) = self.slot() {
+                if self.cache_push(l, b, expect)? {
                     return Ok(());
                 }
             }
         }
+        self.release_shared(b, expect)
+    }
+
+    /// Frees an allocated block onto this thread's shard of the shared
+    /// lists.
+    #[inline(never)]
+    fn release_shared(&self, b: Block, expect: Option<u64>) -> Result<()> {
         let word = self.unclaim(b, expect)?;
         if stack::push_chain(self.head(current_shard(), b.class), b.start, b.start, word) {
             move_shard();

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{identity_word, my_identity, Kind, Registry, RegistryHeader, Slot, SLOTS};
+use crate::heap::cache::Mirror;
 use crate::heap::SharedHeap;
 use crate::process;
 
@@ -61,10 +62,40 @@ unsafe impl Send for Attachment {}
 // SAFETY: as for Send.
 unsafe impl Sync for Attachment {}
 
+/// What the allocation path needs of the calling thread's slot: the slot,
+/// its custody number (`heap/meta.rs`) and this thread's mirror of its
+/// cache (`heap/cache.rs`).
+#[derive(Clone, Copy)]
+pub(crate) struct Local<'s> {
+    pub(crate) slot: &'s Slot,
+    pub(crate) custody: u8,
+    /// Owned by this thread's entry in `HELD`; only this thread uses it.
+    pub(crate) mirror: NonNull<Mirror>,
+}
+
+/// `LAST` when it names nothing.
+const NO_LAST: Last = Last {
+    id: 0,
+    generation: 0,
+    slot: std::ptr::null(),
+    mirror: std::ptr::null_mut(),
+    custody: 0,
+};
+
+#[derive(Clone, Copy)]
+struct Last {
+    id: u64,
+    generation: u64,
+    /// Null: "no slot was free, retry later".
+    slot: *const Slot,
+    mirror: *mut Mirror,
+    custody: u8,
+}
+
 thread_local! {
-    /// The slot this thread used last: `(attachment id, slot, fork
-    /// generation)`; a null slot means "none free, retry later".
-    static LAST: Cell<(u64, *const Slot, u64)> = const { Cell::new((0, std::ptr::null(), 0)) };
+    /// The slot this thread used last, with the attachment's id and the
+    /// fork generation it was claimed in.
+    static LAST: Cell<Last> = const { Cell::new(NO_LAST) };
     /// Allocations left before a thread without a slot looks again.
     static RETRY: Cell<u32> = const { Cell::new(0) };
     /// Every slot this thread holds, released when it exits.
@@ -75,12 +106,15 @@ struct Entry {
     att: Arc<Attachment>,
     slot: *const Slot,
     generation: u64,
+    mirror: Box<Mirror>,
 }
 
 struct Held(RefCell<Vec<Entry>>);
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // The mirrors go with the entries: nothing may use them after.
+        let _ = LAST.try_with(|l| l.set(NO_LAST));
         let generation = process::fork_generation();
         for e in self.0.get_mut().drain(..) {
             if e.generation == generation {
@@ -129,22 +163,34 @@ impl Attachment {
     /// The calling thread's slot, claiming one the first time; `None` when
     /// every slot is taken.
     #[inline(always)]
-    pub(crate) fn slot<'s>(self: &'s Arc<Self>, heap: &SharedHeap<'s>) -> Option<&'s Slot> {
-        let (id, slot, generation) = LAST.get();
-        if id == self.id && generation == process::fork_generation() {
-            // SAFETY: a slot this thread claimed through this attachment
-            // (ids are never reused), in the registry, which stays mapped
-            // while the caller holds the segment borrowed.
-            return unsafe { slot.as_ref() };
+    pub(crate) fn slot<'s>(self: &'s Arc<Self>, heap: &SharedHeap<'s>) -> Option<Local<'s>> {
+        let last = LAST.get();
+        if last.id == self.id && last.generation == process::fork_generation() {
+            return Self::local(last);
         }
         self.slot_slow(heap)
     }
 
+    #[inline(always)]
+    fn local<'s>(last: Last) -> Option<Local<'s>> {
+        // SAFETY: a slot this thread claimed through this attachment (ids
+        // are never reused) in this process generation, in the registry,
+        // which stays mapped while the caller holds the segment borrowed;
+        // the mirror is owned by this thread's entry for it, which lives
+        // until the thread exits (and LAST is reset before it goes).
+        let slot = unsafe { last.slot.as_ref() }?;
+        Some(Local {
+            slot,
+            custody: last.custody,
+            mirror: NonNull::new(last.mirror)?,
+        })
+    }
+
     #[cold]
-    fn slot_slow<'s>(self: &'s Arc<Self>, heap: &SharedHeap<'s>) -> Option<&'s Slot> {
+    fn slot_slow<'s>(self: &'s Arc<Self>, heap: &SharedHeap<'s>) -> Option<Local<'s>> {
         let generation = process::fork_generation();
-        let (id, slot, g) = LAST.get();
-        if id == self.id && g == generation && slot.is_null() {
+        let last = LAST.get();
+        if last.id == self.id && last.generation == generation && last.slot.is_null() {
             // None was free: look again only now and then.
             let left = RETRY.get();
             if left > 0 {
@@ -154,39 +200,54 @@ impl Attachment {
         }
         let found = HELD
             .try_with(|h| {
-                h.0.borrow()
-                    .iter()
+                h.0.borrow_mut()
+                    .iter_mut()
                     .find(|e| e.att.id == self.id && e.generation == generation)
-                    .map(|e| e.slot)
+                    .map(|e| (e.slot, &mut *e.mirror as *mut Mirror))
             })
             .ok()
             .flatten();
-        let slot = match found {
-            Some(s) => s,
+        let (slot, mirror) = match found {
+            Some(found) => found,
             None => match self.claim_thread(heap) {
                 Some(s) => {
                     let s: *const Slot = s;
-                    let entry = Entry {
+                    let mut entry = Entry {
                         att: Arc::clone(self),
                         slot: s,
                         generation,
+                        mirror: Box::new(Mirror::new()),
                     };
+                    // The Box's contents do not move with the entry.
+                    let mirror: *mut Mirror = &mut *entry.mirror;
                     if HELD.try_with(|h| h.0.borrow_mut().push(entry)).is_err() {
                         // The thread is exiting: give the slot back now.
                         self.leave(s);
                         return None;
                     }
-                    s
+                    (s, mirror)
                 }
                 None => {
                     RETRY.set(RETRY_AFTER);
-                    std::ptr::null()
+                    (std::ptr::null(), std::ptr::null_mut())
                 }
             },
         };
-        LAST.set((self.id, slot, generation));
-        // SAFETY: as in slot().
-        unsafe { slot.as_ref() }
+        let custody = if slot.is_null() {
+            0
+        } else {
+            // SAFETY: as in local().
+            heap.custody(unsafe { &*slot })
+        };
+        let last = Last {
+            id: self.id,
+            generation,
+            slot,
+            mirror,
+            custody,
+        };
+        LAST.set(last);
+        Self::local(last)
     }
 
     /// Claims a thread slot (and, in a process that has none yet through
