@@ -545,3 +545,179 @@ impl<'s> SharedHeap<'s> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::testing::TestRegion;
+    use crate::registry::{identity_word, Kind};
+    use std::ptr::NonNull;
+
+    /// An identity no thread has (pid and tid past any pid_max in use).
+    const DEAD: u64 = 0x3f_fff0;
+
+    /// A slot of `heap`'s registry claimed for a dead thread, with a cache
+    /// of `n` 64-byte blocks (freed into it through the cache path), and
+    /// a mirror the caller keeps alive.
+    fn dead_cache<'s>(
+        heap: &SharedHeap<'s>,
+        n: usize,
+        mirror: &mut Mirror,
+    ) -> (Local<'s>, Vec<u64>) {
+        let reg = heap.registry();
+        let s = reg
+            .claim(
+                Kind::Thread,
+                identity_word(DEAD as u32, DEAD as u32 + 1, 0),
+                0,
+            )
+            .unwrap();
+        let l = Local {
+            slot: s,
+            custody: heap.custody(s),
+            mirror: NonNull::from(mirror),
+        };
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let offs: Vec<u64> = (0..n)
+            .map(|_| heap.alloc(layout).unwrap().offset())
+            .collect();
+        for &o in &offs {
+            let b = heap.block_at(o).unwrap();
+            assert!(heap.cache_push(l, b, None).unwrap());
+        }
+        (l, offs)
+    }
+
+    fn class64() -> usize {
+        super::super::class::class_of(Layout::from_size_align(64, 8).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_reaper_puts_back_a_block_a_dead_thread_was_taking() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let mut mirror = Mirror::new();
+        let (l, offs) = dead_cache(&heap, 4, &mut mirror);
+        let c = class64();
+        // Died between moving the head and claiming the word: the block is
+        // free and in no list.
+        let h = l.slot.heads[c].load(Ordering::Relaxed);
+        let top = first_of(h);
+        assert_eq!(top, offs[3]);
+        let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
+        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody).unwrap();
+        l.slot.inflight.store(top, Ordering::Relaxed);
+        l.slot.heads[c].store(head_word(next, 3), Ordering::Relaxed);
+        assert_eq!(heap.check().leaked_blocks, 1);
+        assert_eq!(heap.reap_dead(), 1);
+        let r = heap.check();
+        assert!(r.is_clean(), "{r}");
+        assert_eq!((r.cached_blocks, heap.stats().in_use_blocks), (4, 0));
+        assert_eq!(l.slot.owner.load(Ordering::Relaxed), 0, "the slot is free");
+    }
+
+    #[test]
+    fn a_reaper_leaves_a_block_a_dead_thread_had_claimed() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let mut mirror = Mirror::new();
+        let (l, _) = dead_cache(&heap, 4, &mut mirror);
+        let c = class64();
+        // Died after claiming, before clearing the record: the block is
+        // the dead thread's (allocated, never published): it stays so.
+        let h = l.slot.heads[c].load(Ordering::Relaxed);
+        let top = first_of(h);
+        let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
+        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody).unwrap();
+        l.slot.inflight.store(top, Ordering::Relaxed);
+        l.slot.heads[c].store(head_word(next, 3), Ordering::Relaxed);
+        w.store(meta::allocated(meta::RAW, top, false), Ordering::Relaxed);
+        assert_eq!(heap.reap_dead(), 1);
+        let r = heap.check();
+        assert!(r.is_consistent() && r.leaked_blocks == 0, "{r}");
+        assert_eq!((r.cached_blocks, heap.stats().in_use_blocks), (3, 1));
+        // Killed before moving the head: the record names the block still
+        // first in the list; nothing moves.
+        let (l2, _) = {
+            let mut m2 = Mirror::new();
+            let got = dead_cache(&heap, 2, &mut m2);
+            (got.0.slot, got.1)
+        };
+        let top2 = first_of(l2.heads[c].load(Ordering::Relaxed));
+        l2.inflight.store(top2, Ordering::Relaxed);
+        assert_eq!(heap.reap_dead(), 1);
+        let r = heap.check();
+        assert!(r.is_consistent() && r.leaked_blocks == 0, "{r}");
+        assert_eq!(r.cached_blocks, 5);
+    }
+
+    #[test]
+    fn a_reaper_puts_back_a_block_a_dead_thread_was_freeing() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let mut mirror = Mirror::new();
+        let (l, _) = dead_cache(&heap, 2, &mut mirror);
+        let c = class64();
+        let x = heap
+            .alloc(Layout::from_size_align(64, 8).unwrap())
+            .unwrap()
+            .offset();
+        // Died after freeing the word, before pushing it: free, in no list.
+        let h = l.slot.heads[c].load(Ordering::Relaxed);
+        let w = heap.meta_word(heap.block_at(x).unwrap()).unwrap();
+        l.slot.inflight.store(x, Ordering::Relaxed);
+        w.store(meta::held(x, first_of(h), l.custody), Ordering::Relaxed);
+        assert_eq!(heap.check().leaked_blocks, 1);
+        assert_eq!(heap.reap_dead(), 1);
+        let r = heap.check();
+        assert!(r.is_clean(), "{r}");
+        assert_eq!((r.cached_blocks, heap.stats().in_use_blocks), (3, 0));
+        // Settling twice (a reaper killed in settle) changes nothing more.
+        l.slot.inflight.store(x, Ordering::Relaxed);
+        heap.settle(l.slot, heap.registry());
+        let again = heap.check();
+        assert!(again.is_clean(), "{again}");
+        assert_eq!(again.cached_blocks, 3);
+    }
+
+    #[test]
+    fn a_shared_pop_the_reaper_cannot_attribute_is_left_alone_and_counted() {
+        let region = TestRegion::new(1 << 20);
+        let heap = region.heap();
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let c = class64();
+        // A free block on shard 0's list.
+        let x = heap.alloc(layout).unwrap();
+        // SAFETY: an untyped block nobody references.
+        unsafe { heap.free(x, layout) }.unwrap();
+        let shard = (0..NSHARDS)
+            .find(|&sh| {
+                super::super::stack::head_offset(heap.head(sh, c).load(Ordering::Relaxed)) != 0
+            })
+            .unwrap();
+        let head = heap.head(shard, c).load(Ordering::Relaxed);
+        let mut mirror = Mirror::new();
+        let (l, _) = dead_cache(&heap, 0, &mut mirror);
+        let record = |seen: u64| {
+            l.slot
+                .pop_where
+                .store((c as u64) << 8 | shard as u64, Ordering::Relaxed);
+            l.slot.pop_seen.store(seen, Ordering::Relaxed);
+            l.slot
+                .pop_off
+                .store(super::super::stack::head_offset(head), Ordering::Relaxed);
+        };
+        // The list did not move: the pop never happened.
+        record(head);
+        assert_eq!(heap.reap_dead(), 1);
+        assert_eq!(heap.registry().stats().unresolved, 0);
+        // The list moved on and the block is still free: unattributable.
+        let (l, _) = dead_cache(&heap, 0, &mut mirror);
+        let _ = l;
+        record(head ^ (1 << 40));
+        assert_eq!(heap.reap_dead(), 1);
+        assert_eq!(heap.registry().stats().unresolved, 1);
+        let r = heap.check();
+        assert!(r.is_clean(), "{r}");
+    }
+}
