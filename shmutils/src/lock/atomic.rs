@@ -54,6 +54,10 @@ impl Atom for AtomicU64 {
         timeout: Duration,
         watch: &mut Watch,
     ) -> Option<bool> {
+        // The owner record is read only when a token could watch it.
+        if !token::may_watch() {
+            return None;
+        }
         token::sleep_watching(self, low, owner()?, timeout, watch)
     }
 }

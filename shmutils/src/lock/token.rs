@@ -195,6 +195,12 @@ fn resolver() -> Option<Resolver> {
     Some(unsafe { std::mem::transmute::<*mut (), Resolver>(p) })
 }
 
+/// Whether a token may watch a lock owner in this process: a resolver is
+/// installed and `futex_waitv` is not known to be missing.
+pub(crate) fn may_watch() -> bool {
+    !RESOLVER.load(Ordering::Relaxed).is_null() && !sys::futex_waitv_missing()
+}
+
 /// The token of `owner`, the owner of the lock whose state is `state`.
 fn token_of(state: &AtomicU64, owner: Owner) -> Option<&Token> {
     let resolve = resolver()?;
@@ -249,9 +255,6 @@ pub(crate) fn sleep_watching(
                 _ => None,
             };
         }
-    }
-    if sys::futex_waitv_missing() {
-        return None;
     }
     let token = token_of(state, owner)?;
     sleep_on(state, low, owner, token, timeout, watch)
