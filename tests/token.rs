@@ -4,10 +4,10 @@
 //! without waking until the lock is released or the kernel marks the
 //! token at the holder's death.
 //!
-//! Each test puts a token and a `Lock<u64>` in one named segment, the
-//! token 64 bytes before the lock, and installs a resolver that finds
-//! every owner's token there (the registry's job in the library). The
-//! holders are forked children.
+//! Each test puts a token and `Lock<u64>`s in one named segment of one
+//! page, the token at offset 64, and installs a resolver that finds every
+//! owner's token there (the registry's job in the library). The holders
+//! are forked children.
 
 mod lock_support;
 
@@ -22,6 +22,7 @@ use shmutils_workspace::{fork, Child};
 const FLAG: usize = 0;
 const TOKEN: usize = 64;
 const LOCK: usize = 128;
+const LOCK2: usize = 192;
 /// Set in a token word once a waiter sleeps on it.
 const FUTEX_WAITERS: u32 = 0x8000_0000;
 
@@ -30,20 +31,23 @@ struct Shm<'a> {
     /// The token's address (64-aligned: the mapping is page-aligned).
     token: usize,
     lock: &'a Lock<u64>,
+    /// A second lock, for a holder of two.
+    lock2: &'a Lock<u64>,
 }
 
 fn place(m: &mut MappedMemory) -> Shm<'_> {
     m.init(FLAG, AtomicU32::new(0)).unwrap();
     m.init(LOCK, Lock::new(0u64)).unwrap();
-    // SAFETY: every lock this test process waits for is a `LOCK` of a
-    // mapping laid out by `place`, whose token is `TOKEN` (64 bytes,
-    // 64-aligned), 64 bytes before it; the test's mapping outlives every
-    // wait on its lock.
-    unsafe { token::resolve_tokens_at_distance(TOKEN as isize - LOCK as isize) };
+    m.init(LOCK2, Lock::new(0u64)).unwrap();
+    // SAFETY: every lock this test process waits for is in a one-page
+    // mapping laid out by `place`, whose token is at `TOKEN` (64 bytes,
+    // 64-aligned); the test's mapping outlives every wait on its locks.
+    unsafe { token::resolve_tokens_at_page_offset(TOKEN) };
     Shm {
         flag: m.get(FLAG).unwrap(),
         token: m.as_ptr() as usize + TOKEN,
         lock: m.get(LOCK).unwrap(),
+        lock2: m.get(LOCK2).unwrap(),
     }
 }
 
@@ -285,4 +289,45 @@ fn a_holder_without_a_token_is_still_found_dead_by_polling() {
         holder.kill();
         assert_eq!(waiter.join().unwrap(), Some(5));
     });
+}
+
+#[test]
+fn every_waiter_on_a_dead_holders_token_hears_of_it() {
+    // One holder, two locks, a waiter on each: the kernel wakes one
+    // sleeper of the token; that one must wake the other, whose lock
+    // nobody will ever release. A missed wake-up would leave it asleep
+    // until the 10 s safety poll.
+    let (_name, mut m) = segment("token-two");
+    let s = place(&mut m);
+    let holder = fork(|| {
+        let _g = s.hold_both(6, 1);
+        let _g2 = s.lock2.lock().unwrap();
+        s.flag.store(2, Ordering::SeqCst);
+        park()
+    });
+    await_flag(s.flag, 2);
+    let outcome = |lock: &Lock<u64>| match lock.lock() {
+        Err(LockError::OwnerDied(g)) => {
+            g.mark_consistent();
+            "OwnerDied".to_string()
+        }
+        other => format!("{:?}", other.map(drop).map_err(|e| e.map(drop))),
+    };
+    let (one, two) = std::thread::scope(|sc| {
+        let one = sc.spawn(|| outcome(s.lock));
+        s.await_token_watch(&holder);
+        let two = sc.spawn(|| outcome(s.lock2));
+        // Both asleep on the token (the second set nothing new: wait a
+        // little for it to get there).
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: signalling our own child has no memory-safety effect.
+        assert_eq!(unsafe { libc::kill(holder.pid(), libc::SIGKILL) }, 0);
+        let both = wait_until(Duration::from_secs(5), || {
+            one.is_finished() && two.is_finished()
+        });
+        assert!(both.is_some(), "a waiter slept on through the death");
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    assert_eq!(holder.wait(), 128 + libc::SIGKILL);
+    assert_eq!((one.as_str(), two.as_str()), ("OwnerDied", "OwnerDied"));
 }

@@ -317,33 +317,35 @@ fn stop_watching(token: &Token, now: u32, owner: Owner, watch: &mut Watch) -> bo
 
 /// For the workspace's tests (`tests/token.rs`, feature `test-hooks`):
 /// tokens at raw addresses, and a resolver that finds every owner's token
-/// at a fixed distance from the lock.
+/// at a fixed offset in the lock's page.
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod test_hooks {
     use std::io;
-    use std::sync::atomic::{AtomicIsize, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::Token;
+    use crate::sys;
 
-    static DISTANCE: AtomicIsize = AtomicIsize::new(0);
+    static OFFSET: AtomicUsize = AtomicUsize::new(0);
 
-    fn at_distance(lock_addr: usize, _pid: u32, _tid: u32, _start: u64) -> Option<*const Token> {
-        Some(lock_addr.wrapping_add_signed(DISTANCE.load(Ordering::Relaxed)) as *const Token)
+    fn in_page(lock_addr: usize, _pid: u32, _tid: u32, _start: u64) -> Option<*const Token> {
+        let page = lock_addr & !(sys::page_size() - 1);
+        Some(page.wrapping_add(OFFSET.load(Ordering::Relaxed)) as *const Token)
     }
 
     /// Installs a resolver that answers, for every lock and owner, the
-    /// token `distance` bytes from the lock.
+    /// token at `offset` in the lock's page.
     ///
     /// # Safety
     /// From now on, every lock that a thread of this process waits for
-    /// while a thread of another process holds it must have 64 bytes
-    /// 64-aligned at `distance` from it, in the same mapping.
-    pub unsafe fn resolve_tokens_at_distance(distance: isize) {
-        DISTANCE.store(distance, Ordering::Relaxed);
+    /// while a thread of another process holds it must have 64 mapped
+    /// bytes, 64-aligned, at `offset` in its page, in the same mapping.
+    pub unsafe fn resolve_tokens_at_page_offset(offset: usize) {
+        OFFSET.store(offset, Ordering::Relaxed);
         // SAFETY: the caller's contract is `set_resolver`'s for this
         // resolver.
-        unsafe { super::set_resolver(at_distance) };
+        unsafe { super::set_resolver(in_page) };
     }
 
     /// [`Token::hold`] of the token at `addr`.
