@@ -36,8 +36,12 @@ struct Attached(std::process::Child);
 
 impl Attached {
     fn spawn(name: &str) -> Attached {
+        Attached::run("attach", name)
+    }
+
+    fn run(mode: &str, name: &str) -> Attached {
         let mut child = Command::new(env!("CARGO_BIN_EXE_child-registry"))
-            .args(["attach", name])
+            .args([mode, name])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -172,11 +176,11 @@ fn kill_rounds(rounds: u64, seed: u64) {
         child.wait().unwrap();
 
         let reaped = seg.reap();
-        // Its process slot and its threads' slots, and any free slot a
-        // thread had borrowed to take a block from its cache (the arena
-        // was full) when the kill came.
+        // Its process slot, its main thread's and its threads' slots, and
+        // any free slot a thread had borrowed to take a block from its
+        // cache (the arena was full) when the kill came.
         assert!(
-            (threads + 1..=2 * threads + 1).contains(&reaped),
+            (threads + 2..=2 * threads + 2).contains(&reaped),
             "round {round}: {reaped} slots reaped for {threads} threads; now {:?}",
             heap.stats().registry
         );
@@ -315,9 +319,9 @@ fn eight_threads_in_each_of_four_processes_each_get_a_cache() {
                 drop(s);
                 match (ok, threads_now) {
                     (false, _) => 1,
-                    // The parent's thread may hold one; other children's
-                    // threads may still be exiting.
-                    (true, n) if n <= 1 + (PROCS as usize - 1) * THREADS => 0,
+                    // The parent's thread and this one hold one each; other
+                    // children's threads may still be exiting.
+                    (true, n) if n <= 2 + (PROCS as usize - 1) * (THREADS + 1) => 0,
                     _ => 2,
                 }
             })
@@ -327,8 +331,8 @@ fn eight_threads_in_each_of_four_processes_each_get_a_cache() {
         || flags[0].load(Ordering::SeqCst) == PROCS * THREADS as u64
     ));
     let st = heap.stats().registry;
-    // Theirs, and this thread's (it made the flags).
-    assert_eq!(st.threads, PROCS as usize * THREADS + 1, "{st:?}");
+    // Theirs, their main threads' (seg.heap()) and this thread's.
+    assert_eq!(st.threads, PROCS as usize * (THREADS + 1) + 1, "{st:?}");
     assert_eq!(st.processes, 1 + PROCS as usize, "{st:?}");
     assert_eq!(st.full_events, 0);
     flags[1].store(1, Ordering::SeqCst);
@@ -384,12 +388,13 @@ fn more_threads_than_slots_fall_back_to_the_shared_lists() {
     });
     assert!(ok, "every allocation and free succeeded");
     let st = heap.stats();
+    // The process slot and this thread's were taken too.
     assert!(
-        st.registry.full_events >= (THREADS + 1 - shmutils::registry::SLOTS) as u64,
+        st.registry.full_events >= (THREADS + 2 - shmutils::registry::SLOTS) as u64,
         "{:?}",
         st.registry
     );
-    assert!(wait_for(|| heap.stats().registry.threads == 0));
+    assert!(wait_for(|| heap.stats().registry.threads == 1));
     assert_eq!(st.in_use_blocks, 0);
     let r = heap.check();
     assert!(r.is_clean(), "{r}");
@@ -403,7 +408,8 @@ fn a_thread_that_exits_frees_its_slot_and_leaves_its_cache_to_the_next() {
     std::thread::scope(|sc| {
         sc.spawn(|| {
             let ps: Vec<_> = (0..20).map(|_| heap.alloc(l).unwrap()).collect();
-            assert_eq!(heap.stats().registry.threads, 1);
+            // This thread's slot and the test thread's (seg.heap()).
+            assert_eq!(heap.stats().registry.threads, 2);
             for p in ps {
                 // SAFETY: this thread's blocks, never referenced.
                 unsafe { heap.free(p, l) }.unwrap();
@@ -412,7 +418,7 @@ fn a_thread_that_exits_frees_its_slot_and_leaves_its_cache_to_the_next() {
     });
     // The thread frees its slot in a thread-local destructor, which may
     // run just after the scope sees it finish.
-    assert!(wait_for(|| heap.stats().registry.threads == 0));
+    assert!(wait_for(|| heap.stats().registry.threads == 1));
     let r = heap.check();
     assert!(r.is_clean(), "{r}");
     assert!(r.cached_blocks >= 20, "{r}");
@@ -488,4 +494,62 @@ fn a_recycled_pid_is_not_the_dead_process() {
         }
     }
     eprintln!("skipped: the pid did not land in 20 tries");
+}
+
+/// Context switches of thread `tid` of this process so far.
+fn switches(tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A waiter blocked behind a lock held by a live thread of another process
+/// sleeps on the holder's death token: it does not wake while the holder
+/// lives, and gets `OwnerDied` as soon as the kernel marks the token.
+#[test]
+fn a_waiter_behind_a_live_holder_sleeps_until_its_death() {
+    let name = ShmName::new("reg-token");
+    let seg = Segment::create(&name, 8 << 20).unwrap();
+    let heap = seg.heap();
+    let lock = heap
+        .get(
+            heap.find_or_init("lock", || shmutils::Lock::new(0u64))
+                .unwrap(),
+        )
+        .unwrap();
+    let mut holder = Attached::run("hold", &name);
+    let tid = AtomicU64::new(0);
+    let outcome = std::thread::scope(|sc| {
+        let waiter = sc.spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() } as u64, Ordering::SeqCst);
+            let r = lock.lock();
+            let at = Instant::now();
+            let got = match r {
+                Err(shmutils::LockError::OwnerDied(g)) => Some(*g),
+                _ => None,
+            };
+            (got, at)
+        });
+        assert!(wait_for(|| tid.load(Ordering::SeqCst) != 0));
+        let tid = tid.load(Ordering::SeqCst) as i32;
+        // Let it go to sleep, then count its wake-ups for 2 s.
+        std::thread::sleep(Duration::from_millis(200));
+        let before = switches(tid);
+        std::thread::sleep(Duration::from_secs(2));
+        let woke = switches(tid) - before;
+        let killed = Instant::now();
+        holder.kill();
+        let (got, at) = waiter.join().unwrap();
+        (woke, got, at.duration_since(killed))
+    });
+    let (woke, got, latency) = outcome;
+    eprintln!(
+        "blocked 2 s behind a live holder: {woke} wake-ups; kill -> OwnerDied in {latency:?}"
+    );
+    assert!(woke <= 5, "the waiter woke {woke} times in 2 s");
+    assert_eq!(got, Some(7), "OwnerDied, with the dead holder's write");
 }

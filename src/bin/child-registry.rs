@@ -6,6 +6,8 @@
 //!   the named object `"ledger"` (see [`Ledger`]), until killed.
 //! - `attach NAME`: opens the segment, allocates one block (so this thread
 //!   claims a cache), prints `ready`, then sleeps until killed.
+//! - `hold NAME`: takes the named `Lock<u64>` `"lock"`, stores 7 in it,
+//!   prints `ready`, then sleeps holding it until killed.
 
 use std::alloc::Layout;
 use std::process::ExitCode;
@@ -60,7 +62,7 @@ fn churn(seg: &Segment, ledger: &Ledger, t: usize, mut rng: u64) -> ! {
 
 fn run(args: &[String]) -> shmutils::Result<()> {
     let usage = || shmutils::Error::InvalidArgument {
-        what: format!("usage: churn NAME THREADS SEED | attach NAME, got {args:?}"),
+        what: format!("usage: churn NAME THREADS SEED | attach NAME | hold NAME, got {args:?}"),
     };
     let num = |s: &String| s.parse::<u64>().map_err(|_| usage());
     match args.first().map(String::as_str) {
@@ -90,6 +92,20 @@ fn run(args: &[String]) -> shmutils::Result<()> {
             loop {
                 std::thread::sleep(Duration::from_secs(1));
                 let _ = _keep.load(Ordering::Relaxed);
+            }
+        }
+        Some("hold") if args.len() == 2 => {
+            let seg = Segment::open(&args[1])?;
+            let heap = seg.heap();
+            let lock = heap.get(heap.find::<shmutils::Lock<u64>>("lock")?)?;
+            let mut g = lock.lock().map_err(|e| shmutils::Error::InvalidArgument {
+                what: format!("lock: {e}"),
+            })?;
+            *g = 7;
+            println!("ready");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                std::hint::black_box(&mut *g);
             }
         }
         _ => Err(usage()),

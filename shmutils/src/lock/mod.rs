@@ -70,7 +70,7 @@
 mod atomic;
 mod condvar;
 mod raw;
-mod token;
+pub(crate) mod token;
 mod typed;
 mod word;
 

@@ -53,9 +53,6 @@ use crate::sys::{self, FutexWaiter};
 pub(crate) const FUTEX_WAITERS: u32 = 0x8000_0000;
 /// Set by the kernel in a robust mutex word when its holder died.
 pub(crate) const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
-/// The holder's tid in a robust mutex word.
-#[allow(dead_code)] // see `impl Token`
-pub(crate) const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 
 /// How long a waiter watching a token sleeps before it asks `/proc`
 /// anyway (a safety net against a token that lies).
@@ -83,10 +80,6 @@ const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= std::mem::
 const _: () =
     assert!(std::mem::align_of::<libc::pthread_mutex_t>() <= std::mem::align_of::<Token>());
 
-// `hold`, `give_up`, `held_by` and `set_resolver` are the registry's
-// (shmutils/src/registry, being built): until it lands only the tests call
-// them.
-#[allow(dead_code)]
 impl Token {
     /// The mutex the token's bytes hold, for glibc. The pointer covers the
     /// whole token (its provenance is `self`'s), and every byte of it is in
@@ -146,7 +139,10 @@ impl Token {
 
     /// Whether the word says that thread `tid` holds the token (and did not
     /// die holding it). A hint, as everything in shared memory is.
+    #[cfg(test)]
     pub(crate) fn held_by(&self, tid: u32) -> bool {
+        /// The holder's tid in a robust mutex word.
+        const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
         let w = self.word().load(Ordering::Relaxed);
         tid != 0 && w & FUTEX_OWNER_DIED == 0 && w & FUTEX_TID_MASK == tid
     }
@@ -167,7 +163,6 @@ pub(crate) type Resolver = fn(
 static RESOLVER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Installs the process's [`Resolver`] (replacing any earlier one).
-#[allow(dead_code)] // see `impl Token`
 ///
 /// # Safety
 /// Whatever `r` returns for a lock address must point to a [`Token`] (64

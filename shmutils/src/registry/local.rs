@@ -1,24 +1,44 @@
 //! This process's side of a segment's registry: which slots its threads
 //! hold through one [`Segment`](crate::Segment), found in one
-//! thread-local lookup on the allocation path.
+//! thread-local lookup on the allocation path, and the death tokens they
+//! hold there.
 //!
 //! An [`Attachment`] belongs to one `Segment` (shared, through an `Arc`,
 //! with the thread-local entries of the threads that claimed a slot
-//! through it). A thread claims its slot the first time it allocates
-//! through the segment and frees it when it exits; dropping the `Segment`
-//! frees every slot its threads still hold. The two never overlap: a
-//! thread's exit marks itself as a user of the attachment first, and the
-//! drop waits for users before it lets the mapping go.
+//! through it). A thread claims its slot the first time it uses the
+//! segment's heap, and holds its slot's **token** (`lock/token.rs`, a
+//! robust mutex) from then on, so that lock waiters in other processes
+//! learn of its death from the kernel. It gives both up when it exits,
+//! when it drops the `Segment` itself, or, if another thread dropped the
+//! `Segment` first, the next time it claims a slot anywhere.
+//!
+//! glibc links a held token into its thread's robust list, so the token
+//! must stay mapped, at the address it was taken at, until that very
+//! thread gives it up. Tokens are therefore taken through a second mapping
+//! of just the registry's pages ([`RegistryMap`]), which every thread entry
+//! keeps alive: dropping the `Segment` unmaps the segment, never a token a
+//! thread still holds.
+//!
+//! Lock waiters find an owner's token through [`resolve`], installed as
+//! the lock layer's resolver: a table of the attachments of this process
+//! and the address ranges of their mappings.
 
 use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once, Weak};
 
-use super::{identity_word, my_identity, Kind, Registry, RegistryHeader, Slot, SLOTS};
+use super::{
+    identity_word, my_identity, pid_of, Kind, Registry, RegistryHeader, Slot, REGISTRY_BYTES, SLOTS,
+};
 use crate::heap::cache::Mirror;
 use crate::heap::SharedHeap;
+use crate::lock::token::{self, Token};
+use crate::mmap::forksafe::ForkSafe;
 use crate::process;
+use crate::sys;
 
 /// Attachments made so far in this process: each gets a number never
 /// reused, so a thread-local entry can never be taken for a later one.
@@ -28,20 +48,99 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// it looks again.
 const RETRY_AFTER: u32 = 4096;
 
+/// The live attachments of this process with the address range of their
+/// segment's mapping, for [`resolve`]. An attachment is in it from its
+/// creation until its `Segment` starts to drop, so a range found here is
+/// a live mapping.
+type Attached = Vec<(usize, usize, Weak<Attachment>)>;
+static ATTACHED: ForkSafe<Attached> = ForkSafe::new(Vec::new(), Vec::new());
+
+/// A second mapping of a segment's registry pages (read-write, shared):
+/// the address its threads take their tokens at. Unmapped when the last
+/// `Arc` goes, which is after every thread of this process gave its token
+/// up.
+pub(crate) struct RegistryMap {
+    base: NonNull<u8>,
+    len: usize,
+    header: NonNull<RegistryHeader>,
+}
+
+// SAFETY: the mapping is only reached through atomics (the registry's
+// slots), from any thread; it is unmapped once, in Drop.
+unsafe impl Send for RegistryMap {}
+// SAFETY: as for Send.
+unsafe impl Sync for RegistryMap {}
+
+impl RegistryMap {
+    /// Maps the registry at `reg_off` of the object `fd` again.
+    ///
+    /// # Errors
+    /// What `mmap` refuses.
+    pub(crate) fn new(fd: BorrowedFd<'_>, reg_off: u64) -> io::Result<RegistryMap> {
+        let page = sys::page_size() as u64;
+        let from = reg_off / page * page;
+        let to = (reg_off + REGISTRY_BYTES).div_ceil(page) * page;
+        let len = (to - from) as usize;
+        // SAFETY: a new shared mapping of the object's pages (no fixed
+        // address): it touches no existing memory.
+        let base = unsafe {
+            sys::mmap(
+                0,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                Some(fd),
+                from,
+            )
+        }?;
+        let base = NonNull::new(base).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // SAFETY: reg_off - from < page, and the registry's bytes end
+        // before `to`: the header lies inside the new mapping.
+        let header =
+            unsafe { NonNull::new_unchecked(base.as_ptr().add((reg_off - from) as usize).cast()) };
+        Ok(RegistryMap { base, len, header })
+    }
+
+    fn registry(&self) -> Registry<'_> {
+        // SAFETY: the registry (a 64-byte header then SLOTS slots, all
+        // atomics) lies inside this mapping, which lives as long as self.
+        unsafe {
+            Registry {
+                header: self.header.as_ref(),
+                slots: std::slice::from_raw_parts(
+                    self.header.as_ptr().add(1).cast::<Slot>(),
+                    SLOTS,
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for RegistryMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours (made in new()); no token is held in
+        // it any more (every holder's entry keeps an Arc to it) and no
+        // reference into it outlives the last Arc.
+        let _ = unsafe { sys::munmap(self.base.as_ptr(), self.len) };
+    }
+}
+
 /// One `Segment`'s attachment to its registry, in this process.
 pub(crate) struct Attachment {
     id: u64,
-    /// The registry inside the mapping (valid while `alive`).
+    /// The registry inside the segment's mapping (valid while `alive`).
     header: NonNull<RegistryHeader>,
     slots: NonNull<Slot>,
+    /// The same registry through its own mapping, for tokens.
+    map: Arc<RegistryMap>,
     /// False once the `Segment` is being dropped.
     alive: AtomicBool,
-    /// Threads of this process inside `leave()`: `pid << 32 | count` (a
-    /// forked child ignores its parent's count).
-    users: AtomicU64,
     /// Per slot, the owner word of the thread of this process that holds
-    /// it through this attachment (0: none).
+    /// it through this attachment (0: none). Whoever swaps it to 0 frees
+    /// the slot.
     held: Box<[AtomicU64]>,
+    /// Per slot, whether its holder took the slot's token.
+    tokens: Box<[AtomicBool]>,
     /// The process slot: `pid << 32 | index + 1` (0: none).
     process_slot: AtomicU64,
 }
@@ -104,6 +203,9 @@ thread_local! {
 
 struct Entry {
     att: Arc<Attachment>,
+    /// The slot's index in the registry.
+    index: usize,
+    /// The slot in the segment's mapping (used only while it lives).
     slot: *const Slot,
     generation: u64,
     mirror: Box<Mirror>,
@@ -118,32 +220,51 @@ impl Drop for Held {
         let generation = process::fork_generation();
         for e in self.0.get_mut().drain(..) {
             if e.generation == generation {
-                e.att.leave(e.slot);
+                e.att.leave(e.index);
             }
         }
     }
 }
 
 impl Attachment {
-    /// An attachment to the registry at `header` (its slots follow it).
+    /// An attachment to the registry at `header` (its slots follow it),
+    /// in the mapping `range`, whose object is also mapped by `map`.
     ///
     /// # Safety
-    /// `header` must point to a heap's registry inside a mapping that stays
-    /// valid until [`detach`](Self::detach) returns, accessed only through
-    /// atomics.
-    pub(crate) unsafe fn new(header: NonNull<RegistryHeader>) -> Arc<Attachment> {
+    /// `header` must point to a heap's registry inside the mapping `range`
+    /// (start, end), which must stay valid until [`detach`](Self::detach)
+    /// returns, accessed only through atomics; `map` must map the same
+    /// registry.
+    pub(crate) unsafe fn new(
+        header: NonNull<RegistryHeader>,
+        range: (usize, usize),
+        map: RegistryMap,
+    ) -> Arc<Attachment> {
+        static RESOLVER: Once = Once::new();
+        // SAFETY: `resolve` returns tokens in the registry of a live
+        // attachment whose mapping contains the lock: that mapping is the
+        // one the waiter holds the lock in (live mappings do not overlap,
+        // and an attachment leaves ATTACHED before its mapping goes), so
+        // the token is mapped as long as the lock is borrowed.
+        RESOLVER.call_once(|| unsafe { token::set_resolver(resolve) });
         // SAFETY: the slots follow the 64-byte header inside the registry
         // (the caller's contract).
         let slots = unsafe { NonNull::new_unchecked(header.as_ptr().add(1).cast::<Slot>()) };
-        Arc::new(Attachment {
+        let att = Arc::new(Attachment {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             header,
             slots,
+            map: Arc::new(map),
             alive: AtomicBool::new(true),
-            users: AtomicU64::new(0),
             held: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            tokens: (0..SLOTS).map(|_| AtomicBool::new(false)).collect(),
             process_slot: AtomicU64::new(0),
-        })
+        });
+        let weak = Arc::downgrade(&att);
+        ATTACHED
+            .lock()
+            .change(|v| v.push((range.0, range.1, weak.clone())));
+        att
     }
 
     /// The registry (only while alive: every caller holds the `Segment`
@@ -200,7 +321,17 @@ impl Attachment {
         }
         let found = HELD
             .try_with(|h| {
-                h.0.borrow_mut()
+                let mut entries = h.0.borrow_mut();
+                // Slots held through segments dropped since (by another
+                // thread): give them up now.
+                entries.retain(|e| {
+                    let stale = e.generation == generation && !e.att.alive.load(Ordering::Acquire);
+                    if stale {
+                        e.att.leave(e.index);
+                    }
+                    !stale
+                });
+                entries
                     .iter_mut()
                     .find(|e| e.att.id == self.id && e.generation == generation)
                     .map(|e| (e.slot, &mut *e.mirror as *mut Mirror))
@@ -211,9 +342,10 @@ impl Attachment {
             Some(found) => found,
             None => match self.claim_thread(heap) {
                 Some(s) => {
-                    let s: *const Slot = s;
+                    let index = self.index(s);
                     let mut entry = Entry {
                         att: Arc::clone(self),
+                        index,
                         slot: s,
                         generation,
                         mirror: Box::new(Mirror::new()),
@@ -222,10 +354,10 @@ impl Attachment {
                     let mirror: *mut Mirror = &mut *entry.mirror;
                     if HELD.try_with(|h| h.0.borrow_mut().push(entry)).is_err() {
                         // The thread is exiting: give the slot back now.
-                        self.leave(s);
+                        self.leave(index);
                         return None;
                     }
-                    (s, mirror)
+                    (s as *const Slot, mirror)
                 }
                 None => {
                     RETRY.set(RETRY_AFTER);
@@ -264,7 +396,16 @@ impl Attachment {
         });
         match s {
             Some(s) => {
-                self.held[self.index(s)].store(me, Ordering::Relaxed);
+                let i = self.index(s);
+                self.held[i].store(me, Ordering::Relaxed);
+                // The token, through the registry's own mapping (which
+                // outlives the segment's while this thread holds it).
+                // SAFETY: the slot was free (released after its last holder
+                // gave its token up) or reaped (its holder is dead), so no
+                // live thread holds the token; this thread's entry keeps
+                // the mapping until it gives the token up (leave()).
+                let took = unsafe { self.map.registry().slots[i].token.hold() }.is_ok();
+                self.tokens[i].store(took, Ordering::Relaxed);
                 Some(s)
             }
             None => {
@@ -309,54 +450,75 @@ impl Attachment {
         (s as *const Slot as usize - self.slots.as_ptr() as usize) / std::mem::size_of::<Slot>()
     }
 
-    /// Frees the slot a thread of this process holds (at its exit), unless
-    /// the segment is already gone.
-    fn leave(&self, slot: *const Slot) {
-        let pid = u64::from(process::current_pid());
-        // SeqCst (with the SeqCst store of `alive` in detach()): either we
-        // see the segment dying, or detach() sees us as a user and waits.
-        let _ = self
-            .users
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(if u >> 32 == pid { u + 1 } else { pid << 32 | 1 })
-            });
-        if self.alive.load(Ordering::SeqCst) {
-            // SAFETY: the attachment is alive and we are a counted user, so
-            // detach() has not let the mapping go; the slot is one of its.
-            let s = unsafe { &*slot };
-            let i = self.index(s);
-            let me = self.held[i].swap(0, Ordering::Relaxed);
-            if me != 0 {
-                self.registry().release(s, me);
-            }
+    /// Gives up the token of slot `i` and frees the slot, for the thread
+    /// of this process that holds it (called from that thread: at its
+    /// exit, or when it finds the segment dropped), unless `detach` did.
+    fn leave(&self, i: usize) {
+        let me = self.held[i].swap(0, Ordering::Relaxed);
+        if me == 0 {
+            return;
         }
-        let _ = self
-            .users
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                (u >> 32 == pid && u & 0xffff_ffff > 0).then(|| u - 1)
-            });
+        let reg = self.map.registry();
+        if self.tokens[i].swap(false, Ordering::Relaxed) {
+            // SAFETY: this thread took the token at this address in
+            // claim_thread() (the same mapping, which the entry kept).
+            let _ = unsafe { reg.slots[i].token.give_up() };
+        }
+        reg.release(&reg.slots[i], me);
     }
 
-    /// Frees every slot this process holds through the attachment; after
-    /// it returns the registry is never touched again through it.
+    /// The segment is being dropped: leaves the table of live attachments,
+    /// frees the process slot, and gives up the slots (and tokens) of the
+    /// calling thread. Other threads of the process give theirs up
+    /// themselves (only the holder can give a token up): when they exit, or
+    /// when they next claim a slot.
     pub(crate) fn detach(&self) {
-        self.alive.store(false, Ordering::SeqCst);
-        let pid = u64::from(process::current_pid());
-        // Wait for threads inside leave() (a short, bounded section).
-        loop {
-            let u = self.users.load(Ordering::SeqCst);
-            if u >> 32 != pid || u & 0xffff_ffff == 0 {
-                break;
+        self.alive.store(false, Ordering::Release);
+        ATTACHED
+            .lock()
+            .change(|v| v.retain(|(_, _, w)| !std::ptr::eq(w.as_ptr(), self)));
+        let pid = process::current_pid();
+        let me = my_identity();
+        let process_index = match self.process_slot.load(Ordering::Relaxed) {
+            p if p >> 32 == u64::from(pid) && p & 0xffff_ffff != 0 => {
+                Some((p & 0xffff_ffff) as usize - 1)
             }
-            std::thread::yield_now();
-        }
-        let reg = self.registry();
-        for (i, held) in self.held.iter().enumerate() {
-            let me = held.swap(0, Ordering::Relaxed);
-            // Only slots of this process (not a parent's, in a fork).
-            if me != 0 && (me >> 19) & ((1 << 22) - 1) == pid & ((1 << 22) - 1) {
-                reg.release(&reg.slots[i], me);
+            _ => None,
+        };
+        for i in 0..SLOTS {
+            let w = self.held[i].load(Ordering::Relaxed);
+            // Only this process's own (not a parent's, in a fork), and of
+            // its threads only the caller's.
+            if w == 0 || pid_of(w) != pid & ((1 << 22) - 1) || (w != me && Some(i) != process_index)
+            {
+                continue;
             }
+            self.leave(i);
         }
     }
+}
+
+/// The lock layer's resolver (`lock/token.rs`): the token of the thread
+/// `(pid, tid, start)` in the registry of the segment mapped at
+/// `lock_addr`, if that thread holds a slot there.
+fn resolve(lock_addr: usize, pid: u32, tid: u32, start_ticks: u64) -> Option<*const Token> {
+    let att = {
+        let g = ATTACHED.lock();
+        g.get()
+            .iter()
+            .find(|(from, to, _)| (*from..*to).contains(&lock_addr))
+            .and_then(|(_, _, w)| w.upgrade())
+    }?;
+    if !att.alive.load(Ordering::Acquire) {
+        return None;
+    }
+    let want = identity_word(pid, tid, start_ticks);
+    att.registry()
+        .slots
+        .iter()
+        .find(|s| {
+            s.owner.load(Ordering::Acquire) == want
+                && s.info.load(Ordering::Relaxed) >> 62 == Kind::Thread as u64
+        })
+        .map(|s| &s.token as *const Token)
 }

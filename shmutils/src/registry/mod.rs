@@ -46,6 +46,7 @@ pub(crate) mod local;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::lock::token::Token;
 use crate::process;
 use crate::sys;
 
@@ -105,8 +106,9 @@ pub(crate) struct Slot {
     pub(crate) pop_seen: AtomicU64,
     /// Which head: `class << 8 | shard`.
     pub(crate) pop_where: AtomicU64,
-    /// The thread's death token (a robust mutex it holds while it lives).
-    pub(crate) token: [AtomicU64; 8],
+    /// The thread's death token (a robust mutex it holds while it lives,
+    /// `lock/token.rs`).
+    pub(crate) token: Token,
     /// The cache: per cached class, `count << 40 | first block / 8`.
     pub(crate) heads: [AtomicU64; CACHE_HEADS],
 }
@@ -139,7 +141,7 @@ fn tid_of(w: u64) -> u32 {
     ((w >> 41) & ID_MASK) as u32
 }
 
-fn pid_of(w: u64) -> u32 {
+pub(crate) fn pid_of(w: u64) -> u32 {
     ((w >> 19) & ID_MASK) as u32
 }
 
