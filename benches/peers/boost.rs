@@ -43,9 +43,18 @@ impl Boost {
 
     /// Runs `boost_peer <cmd> <n>` and parses its output; `None` if the peer
     /// is unavailable or the run failed (which is reported on stdout).
+    #[allow(dead_code)] // used by heap.rs, not by locks.rs
     pub fn run(&self, cmd: &str, n: u64) -> Option<Results> {
+        self.run_args(cmd, &[n.to_string()])
+    }
+
+    /// Runs `boost_peer <cmd> <args...>` and parses its output, as
+    /// [`Boost::run`].
+    #[allow(dead_code)] // used by locks.rs, not by heap.rs
+    pub fn run_args(&self, cmd: &str, args: &[String]) -> Option<Results> {
         let bin = self.bin.as_ref().ok()?;
-        let out = match Command::new(bin).arg(cmd).arg(n.to_string()).output() {
+        let n = args.join(" ");
+        let out = match Command::new(bin).arg(cmd).args(args).output() {
             Ok(out) => out,
             Err(e) => {
                 println!("Boost.Interprocess peer: cannot run {}: {e}", bin.display());
