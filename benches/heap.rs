@@ -3,6 +3,28 @@
 //! `interprocess_mutex`; the C++ program `peers/boost_peer.cpp` runs the
 //! same workloads) and raw pointer dereference, measured in the same run.
 //!
+//! Every figure is the best of [`RUNS`] runs; each run of ours gets a fresh
+//! anonymous segment, each Boost run a fresh process and segment, and each
+//! glibc batch run a fresh forked process (so no run reuses pages a
+//! previous run faulted in).
+//!
+//! - `alloc_small`: one process, 64 B alloc + free pairs, ns per pair.
+//! - `alloc_batch`: one process allocates 1M blocks of sizes 16..1024 B
+//!   (one fixed xorshift sequence) and writes one byte of each (as its user
+//!   will; it puts the page faults of every peer inside the alloc timing),
+//!   then frees them in one fixed shuffled order; ns per alloc and per free,
+//!   and bytes the allocator took per byte requested.
+//! - `alloc_contended`: 2 forked processes on one heap, each doing
+//!   [`CONTENDED_PAIRS`] alloc + free pairs (16..256 B, each process its own
+//!   size sequence), pinned to two CPUs, then both to one CPU; glibc's
+//!   processes each have their private heap.
+//! - `heap_many`: N forked processes (unpinned) on one heap share
+//!   [`MANY_TOTAL`] pairs; each frees the block it allocated [`RING`] pairs
+//!   before, so it holds 16 blocks live.
+//!
+//! Mops/s is millions of alloc + free pairs per second, all processes
+//! together, from the release of the processes until the last is reaped.
+//!
 //! Run with `cargo bench --bench heap`. Prints one table; ratios are
 //! shmutils / peer (lower is better for times, higher for throughput). The
 //! Boost column needs a C++ compiler and `libboost-dev`; without them it
@@ -13,18 +35,31 @@ mod boost;
 
 use std::alloc::Layout;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shmutils::{RelPtr, Segment, SharedHeap, SharedStruct};
+use shmutils_workspace::{fork, Child, ShmName};
 
+/// Runs per figure; the best is printed.
+const RUNS: usize = 3;
 const SMALL_PAIRS: u64 = 10_000_000;
 const BATCH: usize = 1_000_000;
-const CONTENDED_PAIRS: u64 = 5_000_000;
+/// Ours for `alloc_batch`: the 1M blocks take about 550 MiB.
+const BATCH_SEGMENT: usize = 2 << 30;
+/// Ours for the forked workloads (as Boost's segment).
+const CHURN_SEGMENT: usize = 1 << 30;
+/// Pairs per process of `alloc_contended`.
+const CONTENDED_PAIRS: u64 = 2_000_000;
+/// Pairs of one `heap_many` run, all processes together.
+const MANY_TOTAL: u64 = 4_000_000;
+const MANY_PROCS: [usize; 3] = [2, 8, 64];
+/// Blocks each `heap_many` process holds live.
+const RING: usize = 16;
 const RESOLVES: usize = 10_000_000;
 
 struct Row {
-    name: &'static str,
+    name: String,
     ours: String,
     peer: String,
     ratio: String,
@@ -48,13 +83,52 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
+/// The size sequence seed of forked process `who` (as in boost_peer.cpp).
+fn seed(who: usize) -> u64 {
+    0x9e37_79b9_7f4a_7c15u64.wrapping_mul(who as u64 + 1)
+}
+
+/// A random size in 16..=256 bytes.
+fn small_size(rng: &mut u64) -> usize {
+    16 + (xorshift(rng) % 241) as usize
+}
+
 fn ns_per(d: Duration, n: u64) -> f64 {
     d.as_nanos() as f64 / n as f64
 }
 
-/// ns per 64-byte alloc+free pair: (shared path, through a HeapCache,
-/// glibc).
-fn alloc_small(heap: SharedHeap<'_>) -> (f64, f64, f64) {
+fn mops(pairs: u64, d: Duration) -> f64 {
+    pairs as f64 / d.as_secs_f64() / 1e6
+}
+
+/// The lowest (`lower_is_better`) or highest of `runs`.
+fn best(lower_is_better: bool, runs: impl IntoIterator<Item = f64>) -> f64 {
+    let runs = runs.into_iter();
+    if lower_is_better {
+        runs.fold(f64::INFINITY, f64::min)
+    } else {
+        runs.fold(0.0, f64::max)
+    }
+}
+
+/// The best of [`RUNS`] runs of the Boost peer's `cmd n args...`, result
+/// `name`; `None` if the peer is unavailable or a run failed.
+fn best_boost(
+    peer: &boost::Boost,
+    lower_is_better: bool,
+    cmd: &str,
+    args: &[u64],
+    name: &str,
+) -> Option<f64> {
+    let mut runs = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        runs.push(peer.run_args(cmd, args)?.get(name)?);
+    }
+    Some(best(lower_is_better, runs))
+}
+
+/// ns per 64-byte alloc+free pair: (ours, glibc), one run.
+fn alloc_small(heap: SharedHeap<'_>) -> (f64, f64) {
     let l = Layout::from_size_align(64, 8).unwrap();
     // Warm up.
     for _ in 0..100_000 {
@@ -68,16 +142,7 @@ fn alloc_small(heap: SharedHeap<'_>) -> (f64, f64, f64) {
         // SAFETY: an untyped block of the bench, never read.
         unsafe { heap.free(black_box(p), l) }.unwrap();
     }
-    let shared = ns_per(t.elapsed(), SMALL_PAIRS);
-    let mut cache = heap.cache();
-    let t = Instant::now();
-    for _ in 0..SMALL_PAIRS {
-        let p = cache.alloc(l).unwrap();
-        // SAFETY: an untyped block of the bench, never read.
-        unsafe { cache.free(black_box(p), l) }.unwrap();
-    }
-    let cached = ns_per(t.elapsed(), SMALL_PAIRS);
-    drop(cache);
+    let ours = ns_per(t.elapsed(), SMALL_PAIRS);
     let t = Instant::now();
     for _ in 0..SMALL_PAIRS {
         // SAFETY: malloc/free of a fresh block, never dereferenced.
@@ -86,137 +151,325 @@ fn alloc_small(heap: SharedHeap<'_>) -> (f64, f64, f64) {
             libc::free(black_box(p));
         }
     }
-    (shared, cached, ns_per(t.elapsed(), SMALL_PAIRS))
+    (ours, ns_per(t.elapsed(), SMALL_PAIRS))
 }
 
+/// One `alloc_batch` run of one allocator.
+#[derive(Clone, Copy)]
 struct Batch {
     alloc_ns: f64,
     free_ns: f64,
-    requested: u64,
+    /// Bytes the allocator took for the blocks.
     used: u64,
 }
 
-fn alloc_batch(heap: SharedHeap<'_>) -> (Batch, Batch) {
-    let mut rng = 0x1234_5678_9abc_def1u64;
-    let sizes: Vec<usize> = (0..BATCH)
-        .map(|_| 16 + (xorshift(&mut rng) % 1009) as usize)
-        .collect();
-    let mut order: Vec<usize> = (0..BATCH).collect();
-    for i in (1..BATCH).rev() {
-        order.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
-    }
-    let requested: u64 = sizes.iter().map(|&s| s as u64).sum();
+/// The workload of `alloc_batch` (the same in boost_peer.cpp): the sizes,
+/// the shuffled free order, and the bytes requested.
+struct BatchPlan {
+    sizes: Vec<usize>,
+    order: Vec<usize>,
+    requested: u64,
+}
 
+impl BatchPlan {
+    fn new() -> BatchPlan {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let sizes: Vec<usize> = (0..BATCH)
+            .map(|_| 16 + (xorshift(&mut rng) % 1009) as usize)
+            .collect();
+        let mut order: Vec<usize> = (0..BATCH).collect();
+        for i in (1..BATCH).rev() {
+            order.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
+        }
+        let requested = sizes.iter().map(|&s| s as u64).sum();
+        BatchPlan {
+            sizes,
+            order,
+            requested,
+        }
+    }
+}
+
+/// One run of ours, in a fresh segment.
+fn batch_ours(plan: &BatchPlan) -> Batch {
+    let seg = Segment::anonymous(BATCH_SEGMENT).expect("a 2 GiB anonymous segment");
+    let heap = seg.heap();
+    let mut ptrs: Vec<RelPtr<u8>> = Vec::with_capacity(BATCH);
     let before = heap.stats().high_water_bytes;
     let t = Instant::now();
-    let ptrs: Vec<RelPtr<u8>> = sizes
-        .iter()
-        .map(|&s| heap.alloc(Layout::from_size_align(s, 8).unwrap()).unwrap())
-        .collect();
+    for &s in &plan.sizes {
+        let p = heap.alloc(Layout::from_size_align(s, 8).unwrap()).unwrap();
+        // SAFETY: the block is this bench's own, at least 16 bytes long.
+        unsafe { heap.as_ptr(p).unwrap().write_volatile(1) };
+        ptrs.push(p);
+    }
     let alloc_ns = ns_per(t.elapsed(), BATCH as u64);
     let used = heap.stats().high_water_bytes - before;
     let t = Instant::now();
-    for &i in &order {
-        // SAFETY: an untyped block of the bench, never read.
-        unsafe { heap.free(ptrs[i], Layout::from_size_align(sizes[i], 8).unwrap()) }.unwrap();
+    for &i in &plan.order {
+        let l = Layout::from_size_align(plan.sizes[i], 8).unwrap();
+        // SAFETY: each block is freed once, and nothing refers to it.
+        unsafe { heap.free(ptrs[i], l) }.unwrap();
     }
     let free_ns = ns_per(t.elapsed(), BATCH as u64);
-    let ours = Batch {
+    Batch {
         alloc_ns,
         free_ns,
-        requested,
         used,
-    };
-
-    // SAFETY: mallinfo2 only reads allocator statistics.
-    let arena_before = unsafe { libc::mallinfo2() }.uordblks as u64;
-    let t = Instant::now();
-    // SAFETY: fresh blocks, freed once below, never dereferenced.
-    let raw: Vec<*mut libc::c_void> = sizes.iter().map(|&s| unsafe { libc::malloc(s) }).collect();
-    let g_alloc = ns_per(t.elapsed(), BATCH as u64);
-    // SAFETY: as above.
-    let info = unsafe { libc::mallinfo2() };
-    let g_used = info.uordblks as u64 + info.hblkhd as u64 - arena_before;
-    let t = Instant::now();
-    for &i in &order {
-        // SAFETY: each block is freed exactly once.
-        unsafe { libc::free(raw[i]) };
     }
-    let g_free = ns_per(t.elapsed(), BATCH as u64);
-    (
-        ours,
-        Batch {
-            alloc_ns: g_alloc,
-            free_ns: g_free,
-            requested,
-            used: g_used,
-        },
-    )
 }
 
-/// Runs `work` in `n` forked children that start together; returns the
-/// wall time from the start signal until all are done.
-fn forked(n: usize, go: &AtomicU32, work: impl Fn() + Copy) -> Duration {
-    go.store(0, Ordering::SeqCst);
-    let pids: Vec<libc::pid_t> = (0..n)
-        .map(|_| {
-            // SAFETY: the child only waits, runs `work` on shared memory and
-            // _exits.
-            let pid = unsafe { libc::fork() };
-            assert!(pid >= 0, "fork failed");
-            if pid == 0 {
-                while go.load(Ordering::Acquire) == 0 {
-                    std::hint::spin_loop();
-                }
-                work();
-                // SAFETY: leave without running the parent's destructors.
-                unsafe { libc::_exit(0) };
+/// One run of glibc, in a forked child (a heap no run has used before);
+/// `out` carries its figures back.
+fn batch_glibc(plan: &BatchPlan, out: &[&AtomicU64; 3]) -> Batch {
+    let child = fork(|| {
+        let mut raw: Vec<*mut u8> = Vec::with_capacity(BATCH);
+        // SAFETY: mallinfo2 only reads allocator statistics.
+        let before = unsafe { libc::mallinfo2() };
+        let t = Instant::now();
+        for &s in &plan.sizes {
+            // SAFETY: malloc of a fresh block; when it is not null it holds
+            // at least `s` >= 16 bytes, written once, and is freed once below.
+            unsafe {
+                let p = libc::malloc(s).cast::<u8>();
+                assert!(!p.is_null(), "malloc failed");
+                p.write_volatile(1);
+                raw.push(p);
             }
-            pid
+        }
+        let alloc_ns = ns_per(t.elapsed(), BATCH as u64);
+        // SAFETY: as above.
+        let after = unsafe { libc::mallinfo2() };
+        let used = (after.uordblks + after.hblkhd).saturating_sub(before.uordblks + before.hblkhd);
+        let t = Instant::now();
+        for &i in &plan.order {
+            // SAFETY: each block is freed exactly once.
+            unsafe { libc::free(raw[i].cast()) };
+        }
+        let free_ns = ns_per(t.elapsed(), BATCH as u64);
+        out[0].store(alloc_ns.to_bits(), Ordering::Relaxed);
+        out[1].store(free_ns.to_bits(), Ordering::Relaxed);
+        out[2].store(used as u64, Ordering::Relaxed);
+        0
+    });
+    assert_eq!(child.wait(), 0, "the glibc alloc_batch child failed");
+    // The child's stores are visible: waitpid returned after its exit.
+    Batch {
+        alloc_ns: f64::from_bits(out[0].load(Ordering::Relaxed)),
+        free_ns: f64::from_bits(out[1].load(Ordering::Relaxed)),
+        used: out[2].load(Ordering::Relaxed),
+    }
+}
+
+/// The best of [`RUNS`] runs of one allocator (each figure on its own).
+fn best_batch(run: impl Fn() -> Batch) -> Batch {
+    let runs: Vec<Batch> = (0..RUNS).map(|_| run()).collect();
+    Batch {
+        alloc_ns: best(true, runs.iter().map(|b| b.alloc_ns)),
+        free_ns: best(true, runs.iter().map(|b| b.free_ns)),
+        used: runs.iter().map(|b| b.used).min().unwrap(),
+    }
+}
+
+/// The per-process workload of `alloc_contended` and `heap_many` (the same
+/// in boost_peer.cpp): `pairs` times, free the block allocated `ring` pairs
+/// before (if any) and allocate one of a random size in 16..=256 B (the
+/// sequence of `seed(who)`); `ring` 0 frees each block right after
+/// allocating it. Frees what the ring holds at the end.
+fn churn<P>(
+    who: usize,
+    pairs: u64,
+    ring: usize,
+    mut alloc: impl FnMut(usize) -> P,
+    mut free: impl FnMut(P, usize),
+) {
+    let mut rng = seed(who);
+    if ring == 0 {
+        for _ in 0..pairs {
+            let s = small_size(&mut rng);
+            let p = alloc(s);
+            free(black_box(p), s);
+        }
+        return;
+    }
+    let mut slots: Vec<Option<(P, usize)>> = (0..ring).map(|_| None).collect();
+    let mut slot = 0;
+    for _ in 0..pairs {
+        if let Some((p, s)) = slots[slot].take() {
+            free(p, s);
+        }
+        let s = small_size(&mut rng);
+        slots[slot] = Some((black_box(alloc(s)), s));
+        slot += 1;
+        if slot == ring {
+            slot = 0;
+        }
+    }
+    for (p, s) in slots.into_iter().flatten() {
+        free(p, s);
+    }
+}
+
+/// `churn` on our heap.
+fn churn_ours(heap: SharedHeap<'_>, who: usize, pairs: u64, ring: usize) {
+    let layout = |s| Layout::from_size_align(s, 8).unwrap();
+    churn(
+        who,
+        pairs,
+        ring,
+        |s| heap.alloc(layout(s)).unwrap(),
+        // SAFETY: each block is freed once, and nothing refers to it.
+        |p, s| unsafe { heap.free(p, layout(s)) }.unwrap(),
+    );
+}
+
+/// `churn` on this process's glibc heap.
+fn churn_glibc(who: usize, pairs: u64, ring: usize) {
+    churn(
+        who,
+        pairs,
+        ring,
+        // SAFETY: malloc of a fresh block, never dereferenced.
+        |s| unsafe { libc::malloc(s) },
+        // SAFETY: each block is freed exactly once.
+        |p, _| unsafe { libc::free(p) },
+    );
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; all zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most `size_of::<cpu_set_t>()` bytes into
+    // the set, which lives for the call.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE, so inside the set.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Pins this process to `cpu`; false if the kernel refused.
+fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; all zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` came from `allowed_cpus`, so it is below CPU_SETSIZE;
+    // sched_setaffinity only reads the set.
+    unsafe {
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Where the processes of a forked workload run.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Process `i` pinned to the `i`-th allowed CPU (round robin).
+    Spread,
+    /// All pinned to the first allowed CPU.
+    OneCpu,
+    /// Wherever the scheduler puts them.
+    Free,
+}
+
+/// The start line of forked children, in the bench's shared segment.
+struct Gate<'s> {
+    ready: &'s AtomicU32,
+    go: &'s AtomicU32,
+}
+
+/// Runs `work(i)` in forked children `i` in `0..n`, placed by `place`,
+/// released together once all are ready; returns the time from the release
+/// until all are reaped. A child that fails (or cannot be placed) fails
+/// the bench; every child is killed and reaped on the way out.
+fn forked(gate: &Gate<'_>, n: usize, place: Place, work: impl Fn(usize)) -> Duration {
+    gate.ready.store(0, Ordering::SeqCst);
+    gate.go.store(0, Ordering::SeqCst);
+    let cpus = allowed_cpus();
+    let parent = std::process::id();
+    let work = &work;
+    let cpus = &cpus;
+    let children: Vec<Child> = (0..n)
+        .map(|i| {
+            fork(move || {
+                // SAFETY: PR_SET_PDEATHSIG takes a signal number and changes
+                // only this process: it dies with the bench.
+                let orphan = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0;
+                // SAFETY: getppid has no preconditions.
+                if orphan || unsafe { libc::getppid() } as u32 != parent {
+                    return 2;
+                }
+                let cpu = match place {
+                    Place::Spread => Some(cpus[i % cpus.len()]),
+                    Place::OneCpu => Some(cpus[0]),
+                    Place::Free => None,
+                };
+                if cpu.is_some_and(|c| !pin_to_cpu(c)) {
+                    return 3;
+                }
+                gate.ready.fetch_add(1, Ordering::SeqCst);
+                // Acquire: pairs with the Release store that starts the
+                // clock.
+                while gate.go.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
+                work(i);
+                0
+            })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
-    let t = Instant::now();
-    go.store(1, Ordering::Release);
-    for pid in pids {
-        let mut status = 0;
-        // SAFETY: our child; status is a valid out-pointer.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "bench child failed"
-        );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gate.ready.load(Ordering::SeqCst) < n as u32 {
+        assert!(Instant::now() < deadline, "bench children never got ready");
+        std::thread::sleep(Duration::from_millis(1));
     }
-    t.elapsed()
+    let t = Instant::now();
+    // Release: the children start only after the clock does.
+    gate.go.store(1, Ordering::Release);
+    let codes: Vec<i32> = children.into_iter().map(Child::wait).collect();
+    let elapsed = t.elapsed();
+    assert!(
+        codes.iter().all(|&c| c == 0),
+        "bench children failed: exit codes {codes:?} (101 a panic, 2 orphaned, 3 not pinned)"
+    );
+    elapsed
 }
 
-/// Mops/s (alloc+free pairs) of two processes on one heap: (shared path,
-/// through a HeapCache each, glibc's process-local heaps).
-fn alloc_contended(heap: SharedHeap<'_>, go: &AtomicU32) -> (f64, f64, f64) {
-    let l = Layout::from_size_align(64, 8).unwrap();
-    let shared = forked(2, go, || {
-        for _ in 0..CONTENDED_PAIRS {
-            let p = heap.alloc(l).unwrap();
-            // SAFETY: an untyped block of the bench, never read.
-            unsafe { heap.free(black_box(p), l) }.unwrap();
+/// Which allocator a forked workload uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Alloc {
+    Ours,
+    Glibc,
+}
+
+/// One run of `procs` processes each doing `pairs` pairs of `churn` with
+/// `ring`: Mops/s. Ours gets a fresh segment, checked afterwards.
+fn churn_run(
+    gate: &Gate<'_>,
+    alloc: Alloc,
+    procs: usize,
+    place: Place,
+    pairs: u64,
+    ring: usize,
+) -> f64 {
+    let t = match alloc {
+        Alloc::Ours => {
+            let seg = Segment::anonymous(CHURN_SEGMENT).expect("a 1 GiB anonymous segment");
+            let heap = seg.heap();
+            let t = forked(gate, procs, place, |i| churn_ours(heap, i, pairs, ring));
+            let report = heap.check();
+            assert!(report.is_consistent(), "after {procs} processes: {report}");
+            t
         }
-    });
-    let cached = forked(2, go, || {
-        let mut cache = heap.cache();
-        for _ in 0..CONTENDED_PAIRS {
-            let p = cache.alloc(l).unwrap();
-            // SAFETY: an untyped block of the bench, never read.
-            unsafe { cache.free(black_box(p), l) }.unwrap();
-        }
-    });
-    let glibc = forked(2, go, || {
-        for _ in 0..CONTENDED_PAIRS {
-            // SAFETY: malloc/free of a fresh block, never dereferenced.
-            unsafe { libc::free(black_box(libc::malloc(64))) };
-        }
-    });
-    let mops = |d: Duration| (2 * CONTENDED_PAIRS) as f64 / d.as_secs_f64() / 1e6;
-    (mops(shared), mops(cached), mops(glibc))
+        Alloc::Glibc => forked(gate, procs, place, |i| churn_glibc(i, pairs, ring)),
+    };
+    mops(procs as u64 * pairs, t)
 }
 
 fn relptr_resolve(heap: SharedHeap<'_>) -> (f64, f64) {
@@ -284,9 +537,9 @@ fn carve_cost() -> (f64, f64) {
         }
         ns_per(t.elapsed(), CARVES as u64)
     };
-    let name = format!("/shmutils-bench-carve-{}", std::process::id());
-    let mut named = Segment::create(&name, 1 << 30).expect("a 1 GiB named segment");
-    named.unlink_on_drop(true).unwrap();
+    // Unlinked when dropped, also when the bench panics.
+    let name = ShmName::new("bench-carve");
+    let named = Segment::create(&name, 1 << 30).expect("a 1 GiB named segment");
     let anonymous = Segment::anonymous(1 << 30).expect("a 1 GiB anonymous segment");
     (run(&named), run(&anonymous))
 }
@@ -371,74 +624,89 @@ fn list_walk(heap: SharedHeap<'_>) -> (f64, f64) {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` and friends
+    }
     let seg = Segment::anonymous(1 << 30).expect("a 1 GiB anonymous segment");
     let heap = seg.heap();
-    let go = heap.new(AtomicU32::new(0)).unwrap();
-    let go = heap.get(go).unwrap();
+    let atomic32 = || heap.get(heap.new(AtomicU32::new(0)).unwrap()).unwrap();
+    let atomic64 = || heap.get(heap.new(AtomicU64::new(0)).unwrap()).unwrap();
+    let gate = Gate {
+        ready: atomic32(),
+        go: atomic32(),
+    };
+    let out = [atomic64(), atomic64(), atomic64()];
     let peer = boost::Boost::new();
+    let cpus = allowed_cpus();
+    println!(
+        "heap benchmark: best of {RUNS} runs, {} CPUs; ratio = shmutils / peer, vs Boost = \
+         shmutils / Boost.Interprocess; Mops/s = million alloc+free pairs per second",
+        cpus.len()
+    );
     let mut rows = Vec::new();
 
-    let (shared, cached, glibc) = alloc_small(heap);
-    let b = peer
-        .run("alloc_small", SMALL_PAIRS)
-        .and_then(|r| r.get("alloc_small"));
-    let (boost, vs_boost) = boost_cells(shared, b, "ns/pair");
+    let runs: Vec<(f64, f64)> = (0..RUNS).map(|_| alloc_small(heap)).collect();
+    let ours = best(true, runs.iter().map(|r| r.0));
+    let glibc = best(true, runs.iter().map(|r| r.1));
+    let b = best_boost(&peer, true, "alloc_small", &[SMALL_PAIRS], "alloc_small");
+    let (boost, vs_boost) = boost_cells(ours, b, "ns/pair");
     rows.push(Row {
-        name: "alloc_small (64 B alloc+free), shared",
-        ours: format!("{shared:.1} ns/pair"),
+        name: "alloc_small (64 B alloc+free)".to_owned(),
+        ours: format!("{ours:.1} ns/pair"),
         peer: format!("glibc {glibc:.1} ns/pair"),
-        ratio: format!("{:.2}x", shared / glibc),
-        boost,
-        vs_boost,
-    });
-    let (boost, vs_boost) = boost_cells(cached, b, "ns/pair");
-    rows.push(Row {
-        name: "alloc_small, through a HeapCache",
-        ours: format!("{cached:.1} ns/pair"),
-        peer: format!("glibc {glibc:.1} ns/pair"),
-        ratio: format!("{:.2}x", cached / glibc),
+        ratio: format!("{:.2}x", ours / glibc),
         boost,
         vs_boost,
     });
 
-    let (ours, glibc) = alloc_batch(heap);
-    let b = peer.run("alloc_batch", BATCH as u64);
-    let get = |name| b.as_ref().and_then(|r| r.get(name));
-    let (boost, vs_boost) = boost_cells(ours.alloc_ns, get("alloc_batch_alloc"), "ns/alloc");
+    let plan = BatchPlan::new();
+    let ours = best_batch(|| batch_ours(&plan));
+    let glibc = best_batch(|| batch_glibc(&plan, &out));
+    let requested = plan.requested as f64;
+    drop(plan);
+    let boost_runs: Option<Vec<boost::Results>> = (0..RUNS)
+        .map(|_| peer.run("alloc_batch", BATCH as u64))
+        .collect();
+    let b = |name: &str| -> Option<f64> {
+        let runs = boost_runs.as_ref()?;
+        let values: Option<Vec<f64>> = runs.iter().map(|r| r.get(name)).collect();
+        Some(best(true, values?))
+    };
+    let (boost, vs_boost) = boost_cells(ours.alloc_ns, b("alloc_batch_alloc"), "ns/alloc");
     rows.push(Row {
-        name: "alloc_batch alloc (1M x 16..1024 B)",
+        name: "alloc_batch alloc+write (1M x 16..1024 B)".to_owned(),
         ours: format!("{:.1} ns/alloc", ours.alloc_ns),
         peer: format!("glibc {:.1} ns/alloc", glibc.alloc_ns),
         ratio: format!("{:.2}x", ours.alloc_ns / glibc.alloc_ns),
         boost,
         vs_boost,
     });
-    let (boost, vs_boost) = boost_cells(ours.free_ns, get("alloc_batch_free"), "ns/free");
+    let (boost, vs_boost) = boost_cells(ours.free_ns, b("alloc_batch_free"), "ns/free");
     rows.push(Row {
-        name: "alloc_batch free (shuffled)",
+        name: "alloc_batch free (shuffled)".to_owned(),
         ours: format!("{:.1} ns/free", ours.free_ns),
         peer: format!("glibc {:.1} ns/free", glibc.free_ns),
         ratio: format!("{:.2}x", ours.free_ns / glibc.free_ns),
         boost,
         vs_boost,
     });
-    let (boost, vs_boost) = match (get("alloc_batch_used"), get("alloc_batch_requested")) {
-        (Some(used), Some(requested)) => (
+    let (boost, vs_boost) = match b("alloc_batch_used") {
+        Some(used) => (
             format!("{:.3} ({} MiB)", used / requested, used as u64 >> 20),
             format!("{:.2}x", ours.used as f64 / used),
         ),
-        _ => ("n/a".to_owned(), "n/a".to_owned()),
+        None => ("n/a".to_owned(), "n/a".to_owned()),
     };
     rows.push(Row {
-        name: "alloc_batch bytes used / requested",
+        name: "alloc_batch bytes used / requested".to_owned(),
         ours: format!(
             "{:.3} ({} MiB)",
-            ours.used as f64 / ours.requested as f64,
+            ours.used as f64 / requested,
             ours.used >> 20
         ),
         peer: format!(
             "glibc {:.3} ({} MiB)",
-            glibc.used as f64 / glibc.requested as f64,
+            glibc.used as f64 / requested,
             glibc.used >> 20
         ),
         ratio: format!("{:.2}x", ours.used as f64 / glibc.used as f64),
@@ -446,32 +714,62 @@ fn main() {
         vs_boost,
     });
 
-    let (shared, cached, glibc) = alloc_contended(heap, go);
-    let b = peer
-        .run("alloc_contended", CONTENDED_PAIRS)
-        .and_then(|r| r.get("alloc_contended"));
-    let (boost, vs_boost) = boost_cells(shared, b, "Mops/s");
-    rows.push(Row {
-        name: "alloc_contended (2 procs x 5M), shared",
-        ours: format!("{shared:.1} Mops/s"),
-        peer: format!("glibc local {glibc:.1} Mops/s"),
-        ratio: format!("{:.2}x", shared / glibc),
-        boost,
-        vs_boost,
-    });
-    let (boost, vs_boost) = boost_cells(cached, b, "Mops/s");
-    rows.push(Row {
-        name: "alloc_contended, a HeapCache each",
-        ours: format!("{cached:.1} Mops/s"),
-        peer: format!("glibc local {glibc:.1} Mops/s"),
-        ratio: format!("{:.2}x", cached / glibc),
-        boost,
-        vs_boost,
-    });
+    for (place, cpus_arg, label) in [(Place::Spread, 2, "2 CPUs"), (Place::OneCpu, 1, "1 CPU")] {
+        let run = |a| {
+            best(
+                false,
+                (0..RUNS).map(|_| churn_run(&gate, a, 2, place, CONTENDED_PAIRS, 0)),
+            )
+        };
+        let (ours, glibc) = (run(Alloc::Ours), run(Alloc::Glibc));
+        let b = best_boost(
+            &peer,
+            false,
+            "alloc_contended",
+            &[CONTENDED_PAIRS, cpus_arg],
+            "alloc_contended",
+        );
+        let (boost, vs_boost) = boost_cells(ours, b, "Mops/s");
+        rows.push(Row {
+            name: format!("alloc_contended (2 procs x 2M) on {label}"),
+            ours: format!("{ours:.1} Mops/s"),
+            peer: format!("glibc local {glibc:.1} Mops/s"),
+            ratio: format!("{:.2}x", ours / glibc),
+            boost,
+            vs_boost,
+        });
+    }
+
+    for procs in MANY_PROCS {
+        let pairs = MANY_TOTAL / procs as u64;
+        let run = |a| {
+            best(
+                false,
+                (0..RUNS).map(|_| churn_run(&gate, a, procs, Place::Free, pairs, RING)),
+            )
+        };
+        let (ours, glibc) = (run(Alloc::Ours), run(Alloc::Glibc));
+        let b = best_boost(
+            &peer,
+            false,
+            "heap_many",
+            &[MANY_TOTAL, procs as u64],
+            "heap_many",
+        );
+        let (boost, vs_boost) = boost_cells(ours, b, "Mops/s");
+        rows.push(Row {
+            name: format!("heap_many ({procs} procs, 4M pairs, ring 16)"),
+            ours: format!("{ours:.1} Mops/s"),
+            peer: format!("glibc local {glibc:.1} Mops/s"),
+            ratio: format!("{:.2}x", ours / glibc),
+            boost,
+            vs_boost,
+        });
+    }
 
     let (ours, raw) = relptr_resolve(heap);
     rows.push(Row {
-        name: "relptr_resolve (get + load)",
+        name: "relptr_resolve (get + load)".to_owned(),
         ours: format!("{ours:.2} ns"),
         peer: format!("raw deref {raw:.2} ns"),
         ratio: format!("{:.2}x", ours / raw),
@@ -482,7 +780,7 @@ fn main() {
 
     let (ours, raw) = list_walk(heap);
     rows.push(Row {
-        name: "list_walk (100k shuffled nodes, per hop)",
+        name: "list_walk (100k shuffled nodes, per hop)".to_owned(),
         ours: format!("{ours:.2} ns"),
         peer: format!("raw pointers {raw:.2} ns"),
         ratio: format!("{:.2}x", ours / raw),
@@ -492,7 +790,7 @@ fn main() {
 
     let (named, anonymous) = carve_cost();
     rows.push(Row {
-        name: "carve (64 KiB span), reserving in /dev/shm",
+        name: "carve (64 KiB span), reserving in /dev/shm".to_owned(),
         ours: format!("{named:.0} ns"),
         peer: format!("not reserving {anonymous:.0} ns"),
         ratio: format!("{:.2}x", named / anonymous),
@@ -500,18 +798,18 @@ fn main() {
         vs_boost: "-".to_owned(),
     });
 
-    // The forked children dropped their caches before _exit, so nothing is
-    // held: the heap must be consistent (and hold only `go`).
+    // Everything this process allocated here is freed: the heap must be
+    // consistent (and hold only the gate and the result slots).
     let report = heap.check();
     assert!(report.is_consistent(), "{report}");
 
     println!(
-        "\n{:<40} {:>22} {:>28} {:>8} {:>20} {:>8}",
+        "\n{:<46} {:>22} {:>28} {:>8} {:>20} {:>8}",
         "benchmark", "shmutils", "peer", "ratio", "Boost.Interprocess", "vs Boost"
     );
     for r in rows {
         println!(
-            "{:<40} {:>22} {:>28} {:>8} {:>20} {:>8}",
+            "{:<46} {:>22} {:>28} {:>8} {:>20} {:>8}",
             r.name, r.ours, r.peer, r.ratio, r.boost, r.vs_boost
         );
     }

@@ -273,8 +273,12 @@ impl Placement {
     }
 
     /// The Boost peer's CPUS argument.
-    fn boost_arg(self) -> String {
-        (if self == Placement::OneCpu { "1" } else { "2" }).to_owned()
+    fn boost_arg(self) -> u64 {
+        if self == Placement::OneCpu {
+            1
+        } else {
+            2
+        }
     }
 }
 
@@ -624,7 +628,7 @@ fn best_boost(
     lower_is_better: bool,
     runs: usize,
     cmd: &str,
-    args: &[String],
+    args: &[u64],
 ) -> Option<f64> {
     let mut values = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -699,7 +703,7 @@ struct Row {
     /// One run for `kind`; `None` where that lock cannot take part.
     ours: Box<dyn Fn(Kind) -> Option<f64>>,
     /// The Boost peer's subcommand and its arguments, if it has one.
-    boost: Option<(&'static str, Vec<String>)>,
+    boost: Option<(&'static str, Vec<u64>)>,
     /// One run instead of [`RUNS`].
     once: bool,
     target: &'static str,
@@ -712,7 +716,7 @@ fn rows() -> Vec<Row> {
             unit: "ns/pair",
             lower: true,
             ours: Box::new(|k| Some(uncontended(k))),
-            boost: Some(("lock_uncontended", vec![UNCONTENDED_PAIRS.to_string()])),
+            boost: Some(("lock_uncontended", vec![UNCONTENDED_PAIRS])),
             once: false,
             target: "ratio <= 1",
         },
@@ -721,7 +725,7 @@ fn rows() -> Vec<Row> {
             unit: "ns/pair",
             lower: true,
             ours: Box::new(|k| Some(write_unlock(k))),
-            boost: Some(("lock_write_unlock", vec![UNCONTENDED_PAIRS.to_string()])),
+            boost: Some(("lock_write_unlock", vec![UNCONTENDED_PAIRS])),
             once: false,
             target: "ratio <= 1",
         },
@@ -734,7 +738,7 @@ fn rows() -> Vec<Row> {
             ours: Box::new(move |k| Some(contended(k, placement))),
             boost: Some((
                 "lock_contended",
-                vec![CONTENDED_TOTAL.to_string(), placement.boost_arg()],
+                vec![CONTENDED_TOTAL, placement.boost_arg()],
             )),
             once: false,
             target: "ratio >= 1",
@@ -748,7 +752,7 @@ fn rows() -> Vec<Row> {
             ours: Box::new(move |k| Some(pingpong(k, placement))),
             boost: Some((
                 "pingpong",
-                vec![ROUND_TRIPS.to_string(), placement.boost_arg()],
+                vec![u64::from(ROUND_TRIPS), placement.boost_arg()],
             )),
             once: false,
             target: if placement == Placement::OneCpu {
@@ -764,10 +768,7 @@ fn rows() -> Vec<Row> {
             unit: "Mops/s",
             lower: false,
             ours: Box::new(move |k| Some(contended_many(k, procs))),
-            boost: Some((
-                "contended_many",
-                vec![MANY_TOTAL.to_string(), procs.to_string()],
-            )),
+            boost: Some(("contended_many", vec![MANY_TOTAL, procs])),
             once: false,
             target: "ratio >= 1, no collapse",
         });
@@ -777,7 +778,7 @@ fn rows() -> Vec<Row> {
         unit: "switch/s",
         lower: true,
         ours: Box::new(|k| Some(blocked_wakeups(k))),
-        boost: Some(("blocked_wakeups", vec![BLOCKED_FOR.as_millis().to_string()])),
+        boost: Some(("blocked_wakeups", vec![BLOCKED_FOR.as_millis() as u64])),
         once: true,
         target: "0 (owner-death event: issue 10)",
     });

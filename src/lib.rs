@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod ledger;
+
 /// A unique shared memory name, unlinked when dropped (also when a test
 /// panics, since unwinding drops it). Names carry the process id and a
 /// counter, so parallel tests and test binaries never collide.

@@ -44,6 +44,7 @@ struct Map {
     heads: u64,
     dir: u64,
     types: u64,
+    registry: u64,
     pagemap: u64,
     spans: u64,
     arena_start: u64,
@@ -69,7 +70,8 @@ impl Map {
         let heads = HEAP_OFF + 128;
         let dir = heads + NCLASSES * 8 * 64;
         let types = dir + 128 * 160;
-        let pagemap = types + 512 * 128;
+        let registry = types + 512 * 128;
+        let pagemap = registry + 64 + 255 * 512;
         let spans = align_up(pagemap + 4 * pages, 8);
         let arena_start = align_up(spans + 8 * pages, 4096);
         // The documented layout must be the real one, or the fuzz would
@@ -83,6 +85,7 @@ impl Map {
             heads,
             dir,
             types,
+            registry,
             pagemap,
             spans,
             arena_start,
@@ -221,7 +224,15 @@ fn scribble(rng: &mut Rng, map: &Map, made: &Made, m: &mut MappedMemory, log: &m
         .chain(made.slices.iter().map(|s| s.offset()))
         .chain(made.raw.iter().chain(&made.freed).map(|(p, _)| p.offset()))
         .collect();
-    let (lo, hi, what) = match rng.below(12) {
+    // The registry slots in use (a thread's cache among them).
+    let used: Vec<u64> = (0..255u64)
+        .map(|i| map.registry + 64 + i * 512)
+        .filter(|&s| {
+            m.at(s as usize..s as usize + 8)
+                .is_ok_and(|b| b.iter().any(|&x| x != 0))
+        })
+        .collect();
+    let (lo, hi, what) = match rng.below(13) {
         0 => (0, 64, "segment header"),
         1 => (map.heap_header, map.heads, "heap header"),
         2 => (map.heads, map.dir, "free-list heads"),
@@ -230,6 +241,10 @@ fn scribble(rng: &mut Rng, map: &Map, made: &Made, m: &mut MappedMemory, log: &m
         5 => (map.spans, map.spans + 8 * map.pages, "span words"),
         6 => (BUMP_FIELD, BUMP_FIELD + 8, "bump counter"),
         8 | 9 => (map.types, map.types + 8 * 128, "type table"),
+        11 if !used.is_empty() => {
+            let s = used[rng.below(used.len() as u64) as usize];
+            (s, s + 512, "a registry slot (owner, records, cache heads)")
+        }
         10 => {
             // The meta words at the tail of the first slabs.
             let slabs = ((map.carved_end - map.arena_start) / 65536).max(1);
@@ -560,25 +575,29 @@ fn exercise(seg: &Segment, name: &str, map: Map, made: &Made, seed: u64) -> i32 
         }
     }
 
-    // A process-local cache in front of the scribbled heap.
+    // Untyped blocks through the thread's cache over the scribbled heap.
     {
-        let mut cache = heap.cache();
         let mut held = Vec::new();
         for _ in 0..100 {
             if rng.chance(3) && !held.is_empty() {
                 let (p, l): (RelPtr<u8>, Layout) = held.swap_remove(0);
                 owned.release(p.offset());
                 // SAFETY: the child's own untyped block, never read.
-                let _ = unsafe { cache.free(p, l) };
+                let _ = unsafe { heap.free(p, l) };
             } else {
                 let l = Layout::from_size_align(rng.in_range(1, 600) as usize, 8).unwrap();
-                if let Ok(p) = cache.alloc(l) {
-                    if let Err(code) = owned.claim(p.offset(), l.size() as u64, "cache alloc") {
+                if let Ok(p) = heap.alloc(l) {
+                    if let Err(code) = owned.claim(p.offset(), l.size() as u64, "raw alloc") {
                         return code;
                     }
                     held.push((p, l));
                 }
             }
+        }
+        for (p, l) in held {
+            owned.release(p.offset());
+            // SAFETY: as above.
+            let _ = unsafe { heap.free(p, l) };
         }
     }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use shmutils::{Error, HeapCache, RelSlice, Segment, SharedHeap};
+use shmutils::{Error, RelSlice, Segment, SharedHeap};
 use shmutils_workspace::{fork, Child, ShmName};
 
 /// A pointer made from a number (as a peer could write one).
@@ -39,11 +39,11 @@ fn pattern(buf: &mut [u8], n: usize, owner: u64, seq: u64) {
     buf[head..n].fill((seq as u8) ^ (owner as u8) ^ 0x5a);
 }
 
-/// Allocates and frees through the shared path (typed slices) or a
-/// [`HeapCache`] (untyped blocks written and read through raw pointers).
+/// Allocates and frees typed slices, or untyped blocks written and read
+/// through raw pointers (both through the thread's cache in the segment).
 enum Allocator<'s> {
-    Shared(SharedHeap<'s>),
-    Cached(HeapCache<'s>),
+    Typed(SharedHeap<'s>),
+    Raw(SharedHeap<'s>),
 }
 
 /// A block a process holds: where, how many bytes, and its tag.
@@ -52,10 +52,10 @@ type Held = (u64, usize, u64);
 impl Allocator<'_> {
     fn put(&mut self, bytes: &[u8]) -> shmutils::Result<u64> {
         match self {
-            Allocator::Shared(h) => h.new_slice(bytes).map(|s| s.offset()),
-            Allocator::Cached(c) => {
+            Allocator::Typed(h) => h.new_slice(bytes).map(|s| s.offset()),
+            Allocator::Raw(c) => {
                 let p = c.alloc(Layout::array::<u8>(bytes.len()).unwrap())?;
-                let dst = c.heap().as_ptr(p)?;
+                let dst = c.as_ptr(p)?;
                 // SAFETY: a block just allocated to this process, at least
                 // bytes.len() long; nothing else can reach it.
                 unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
@@ -68,7 +68,7 @@ impl Allocator<'_> {
     fn take(&mut self, off: u64, want: &[u8]) -> Result<bool, Error> {
         let n = want.len() as u64;
         match self {
-            Allocator::Shared(h) => {
+            Allocator::Typed(h) => {
                 // SAFETY: a slice this process made; it only reads it here.
                 let s = unsafe { RelSlice::<u8>::from_raw_parts(off, n) };
                 let same = h.get_slice(s)? == want;
@@ -76,10 +76,10 @@ impl Allocator<'_> {
                 unsafe { h.delete_slice(s) }?;
                 Ok(same)
             }
-            Allocator::Cached(c) => {
+            Allocator::Raw(c) => {
                 // SAFETY: a block this process allocated and still owns.
                 let p = unsafe { shmutils::RelPtr::<u8>::from_offset(off) };
-                let src = c.heap().as_ptr(p)?;
+                let src = c.as_ptr(p)?;
                 // SAFETY: the block is ours, n bytes long, written by put().
                 let same = unsafe { std::slice::from_raw_parts(src, want.len()) } == want;
                 // SAFETY: no reference into the block outlives this line.
@@ -91,14 +91,14 @@ impl Allocator<'_> {
 }
 
 /// `ops` random allocations and frees of 1..=4096 bytes, each block filled
-/// with a unique pattern that is checked before it is freed, through the
-/// shared path or (`cached`) a [`HeapCache`] dropped at the end. Returns 0
-/// on success, 1 if a block's contents changed (two owners), 2 on an error.
-fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize, cached: bool) -> i32 {
-    let mut alloc = if cached {
-        Allocator::Cached(heap.cache())
+/// with a unique pattern that is checked before it is freed, as typed
+/// slices or (`raw`) untyped blocks. Returns 0 on success, 1 if a block's
+/// contents changed (two owners), 2 on an error.
+fn random_ops(heap: SharedHeap<'_>, owner: u64, ops: u64, max_live: usize, raw: bool) -> i32 {
+    let mut alloc = if raw {
+        Allocator::Raw(heap)
     } else {
-        Allocator::Shared(heap)
+        Allocator::Typed(heap)
     };
     let mut rng = 0x2545_f491_4f6c_dd1d ^ (owner + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut buf = vec![0u8; 4096];
@@ -142,7 +142,7 @@ fn hammer(procs: u64) {
     let seg = Segment::create(&name, 64 << 20).unwrap();
     let heap = seg.heap();
     let children: Vec<Child> = (0..procs)
-        // Half the children go through a HeapCache (dropped before exit).
+        // Half the children allocate untyped blocks.
         .map(|owner| fork(move || random_ops(heap, owner, 200_000, 64, owner % 2 == 1)))
         .collect();
     for (i, c) in children.into_iter().enumerate() {

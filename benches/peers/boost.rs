@@ -5,8 +5,8 @@
 //! [`Boost::new`] compiles `benches/peers/boost_peer.cpp` with the system
 //! C++ compiler (`$CXX`, else `c++`, `g++`, `clang++`) into
 //! `<target dir>/bench-peers/boost_peer`, only when that binary is missing
-//! or older than the source. [`Boost::run`] runs one subcommand of it and
-//! parses its `name value unit` lines. Without a compiler or without the
+//! or older than the source. [`Boost::run`] (or [`Boost::run_args`]) runs
+//! one subcommand of it and parses its `name value unit` lines. Without a compiler or without the
 //! Boost headers, one line says why the peer is skipped and every Boost
 //! cell of the tables reads `n/a`: the benches still run.
 
@@ -45,16 +45,16 @@ impl Boost {
     /// is unavailable or the run failed (which is reported on stdout).
     #[allow(dead_code)] // used by heap.rs, not by locks.rs
     pub fn run(&self, cmd: &str, n: u64) -> Option<Results> {
-        self.run_args(cmd, &[n.to_string()])
+        self.run_args(cmd, &[n])
     }
 
-    /// Runs `boost_peer <cmd> <args...>` and parses its output, as
-    /// [`Boost::run`].
-    #[allow(dead_code)] // used by locks.rs, not by heap.rs
-    pub fn run_args(&self, cmd: &str, args: &[String]) -> Option<Results> {
+    /// Runs `boost_peer <cmd> <args...>` (a count, then what the
+    /// subcommand takes besides) and parses its output, as [`run`](Self::run).
+    pub fn run_args(&self, cmd: &str, args: &[u64]) -> Option<Results> {
         let bin = self.bin.as_ref().ok()?;
+        let args: Vec<String> = args.iter().map(u64::to_string).collect();
         let n = args.join(" ");
-        let out = match Command::new(bin).arg(cmd).args(args).output() {
+        let out = match Command::new(bin).arg(cmd).args(&args).output() {
             Ok(out) => out,
             Err(e) => {
                 println!("Boost.Interprocess peer: cannot run {}: {e}", bin.display());

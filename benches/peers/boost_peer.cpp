@@ -20,8 +20,13 @@
 //   blocked_wakeups MS   context switches per second of a process blocked
 //                        in lock() for MS ms on a mutex a live process holds
 //   alloc_small N        N x allocate + deallocate 64 B, managed_shared_memory
-//   alloc_batch N        N blocks of 16..1024 B, freed in a shuffled order
-//   alloc_contended N    2 forked processes x N allocate + deallocate 64 B
+//   alloc_batch N        N blocks of 16..1024 B, one byte written in each,
+//                        then freed in a shuffled order
+//   alloc_contended N C  2 forked processes x N allocate + deallocate pairs
+//                        of 16..256 B, on C = 2 CPUs (one each) or C = 1
+//                        (both on one)
+//   heap_many TOTAL P    P forked processes (unpinned) share TOTAL pairs of
+//                        16..256 B, each holding a ring of 16 blocks live
 //
 // Shared memory objects are named /shmutils-test-bench-boost-<pid>-<cmd>
 // and removed on every exit path: normal return, an exception, a failed
@@ -203,11 +208,24 @@ uint64_t context_switches(pid_t pid) {
     return total;
 }
 
-void pin_to_cpu(int cpu) {
+bool pin_to_cpu(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    sched_setaffinity(0, sizeof set, &set);
+    return sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+// heap.rs `allowed_cpus`: the CPUs this process may run on, in order.
+std::vector<int> allowed_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) throw std::runtime_error("sched_getaffinity");
+    std::vector<int> out;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (CPU_ISSET(c, &set)) out.push_back(c);
+    }
+    if (out.empty()) throw std::runtime_error("no CPU allowed");
+    return out;
 }
 
 uint64_t xorshift(uint64_t& state) {
@@ -429,10 +447,14 @@ void alloc_batch(uint64_t n) {
 
     HeapSegment h("alloc_batch");
     size_t free_before = h.seg.get_free_memory();
-    auto t0 = Clock::now();
     std::vector<void*> ptrs;
-    ptrs.reserve(n);  // heap.rs's collect() allocates its Vec inside the timing too
-    for (size_t s : sizes) ptrs.push_back(h.seg.allocate(s));
+    ptrs.reserve(n);  // before the timing, as heap.rs
+    auto t0 = Clock::now();
+    for (size_t s : sizes) {
+        void* p = h.seg.allocate(s);
+        static_cast<volatile char*>(p)[0] = 1;  // as its user will (heap.rs)
+        ptrs.push_back(p);
+    }
     double alloc_ns = ns_per(Clock::now() - t0, n);
     uint64_t used = free_before - h.seg.get_free_memory();
     t0 = Clock::now();
@@ -447,58 +469,128 @@ void alloc_batch(uint64_t n) {
     std::printf("alloc_batch_used %" PRIu64 " bytes\n", used);
 }
 
-void alloc_contended(uint64_t pairs) {
-    HeapSegment h("alloc_contended");
-    auto* go = h.seg.construct<std::atomic<uint32_t>>(bip::anonymous_instance)(0u);
-    // heap.rs `forked(2, ...)`: unpinned children spin on `go`; the parent
-    // sleeps 50 ms, releases them and times until both are reaped.
-    go->store(0);
+// heap.rs `seed` and `small_size`: each process's size sequence.
+uint64_t seed(int who) { return 0x9e3779b97f4a7c15ULL * uint64_t(who + 1); }
+
+size_t small_size(uint64_t& rng) { return 16 + size_t(xorshift(rng) % 241); }
+
+// heap.rs `churn`: `pairs` times, free the block allocated `ring` pairs
+// before (if any) and allocate one of a random size in 16..=256 B; `ring` 0
+// frees each block right after allocating it. Frees the ring at the end.
+void churn(bip::managed_shared_memory& seg, int who, uint64_t pairs, size_t ring) {
+    uint64_t rng = seed(who);
+    if (ring == 0) {
+        for (uint64_t i = 0; i < pairs; i++) {
+            void* p = seg.allocate(small_size(rng));
+            black_box(p);
+            seg.deallocate(p);
+        }
+        return;
+    }
+    std::vector<void*> slots(ring, nullptr);
+    size_t slot = 0;
+    for (uint64_t i = 0; i < pairs; i++) {
+        if (slots[slot] != nullptr) seg.deallocate(slots[slot]);
+        void* p = seg.allocate(small_size(rng));
+        black_box(p);
+        slots[slot] = p;
+        if (++slot == ring) slot = 0;
+    }
+    for (void* p : slots) {
+        if (p != nullptr) seg.deallocate(p);
+    }
+}
+
+// heap.rs `Place`.
+enum class Place { Spread, OneCpu, Free };
+
+// heap.rs `Gate`: the start line, in the managed segment.
+struct Gate {
+    std::atomic<uint32_t> ready{0};
+    std::atomic<uint32_t> go{0};
+};
+
+// heap.rs `forked`: `n` children, placed by `place`, released together once
+// all are ready; the time from the release until all are reaped.
+template <class F>
+Clock::duration forked(Gate& gate, int n, Place place, F work) {
+    gate.ready.store(0);
+    gate.go.store(0);
+    std::vector<int> cpu_list = allowed_cpus();
     Children children;
-    for (int c = 0; c < 2; c++) {
-        spawn(children, [&] {
-            while (go->load(std::memory_order_acquire) == 0) __builtin_ia32_pause();
-            for (uint64_t i = 0; i < pairs; i++) {
-                void* p = h.seg.allocate(64);
-                black_box(p);
-                h.seg.deallocate(p);
-            }
+    for (int i = 0; i < n; i++) {
+        spawn(children, [&, i] {
+            int cpu = place == Place::Spread   ? cpu_list[size_t(i) % cpu_list.size()]
+                      : place == Place::OneCpu ? cpu_list[0]
+                                               : -1;
+            if (cpu >= 0 && !pin_to_cpu(cpu)) return 3;
+            gate.ready.fetch_add(1);
+            while (gate.go.load(std::memory_order_acquire) == 0) sched_yield();
+            work(i);
             return 0;
         });
     }
-    usleep(50000);
+    auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (gate.ready.load() < uint32_t(n)) {
+        if (Clock::now() > deadline) throw std::runtime_error("children never got ready");
+        usleep(1000);
+    }
     auto t0 = Clock::now();
-    go->store(1, std::memory_order_release);
+    gate.go.store(1, std::memory_order_release);
     children.wait_all();
-    auto t = Clock::now() - t0;
-    h.seg.destroy_ptr(go);
-    std::printf("alloc_contended %.3f Mops/s\n", double(2 * pairs) / secs(t) / 1e6);
+    return Clock::now() - t0;
+}
+
+// Mops/s of `procs` processes x `pairs` pairs of churn with `ring`.
+double churn_run(const char* cmd, int procs, Place place, uint64_t pairs, size_t ring) {
+    HeapSegment h(cmd);
+    auto* gate = h.seg.construct<Gate>(bip::anonymous_instance)();
+    auto t = forked(*gate, procs, place, [&](int i) { churn(h.seg, i, pairs, ring); });
+    h.seg.destroy_ptr(gate);
+    return double(uint64_t(procs) * pairs) / secs(t) / 1e6;
+}
+
+void alloc_contended(uint64_t pairs, uint64_t cpus) {
+    if (cpus != 1 && cpus != 2) throw std::runtime_error("alloc_contended: CPUs must be 1 or 2");
+    double m = churn_run("alloc_contended", 2, cpus == 2 ? Place::Spread : Place::OneCpu, pairs, 0);
+    std::printf("alloc_contended %.3f Mops/s\n", m);
+}
+
+void heap_many(uint64_t total, uint64_t procs) {
+    if (procs == 0 || procs > 1024) throw std::runtime_error("heap_many: 1..1024 processes");
+    double m = churn_run("heap_many", int(procs), Place::Free, total / procs, 16);
+    std::printf("heap_many %.3f Mops/s\n", m);
 }
 
 int usage() {
     std::fprintf(stderr,
-                 "usage: boost_peer {lock_uncontended|lock_write_unlock|lock_contended|pingpong|"
-                 "contended_many|blocked_wakeups|alloc_small|alloc_batch|alloc_contended} "
-                 "N [CPUS|PROCS]\n");
+                 "usage: boost_peer {lock_uncontended|lock_write_unlock|"
+                 "alloc_small|alloc_batch} N | {lock_contended|pingpong} N [CPUS] | "
+                 "blocked_wakeups MS | alloc_contended N CPUS | {contended_many|heap_many} TOTAL "
+                 "PROCS\n");
     return 2;
 }
 
 }  // namespace
 
-// A positive decimal number, or 0 if `text` is not one.
-unsigned long long number(const char* text) {
-    char* end = nullptr;
-    errno = 0;
-    unsigned long long n = std::strtoull(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0') return 0;
-    return n;
-}
-
 int main(int argc, char** argv) {
     if (argc != 3 && argc != 4) return usage();
-    unsigned long long n = number(argv[2]);
-    unsigned long long extra = argc == 4 ? number(argv[3]) : 2;
-    if (n == 0 || extra == 0) return usage();
+    uint64_t args[2] = {0, 0};
+    for (int i = 2; i < argc; i++) {
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long v = std::strtoull(argv[i], &end, 10);
+        if (errno != 0 || end == argv[i] || *end != '\0' || v == 0) return usage();
+        args[i - 2] = v;
+    }
+    uint64_t n = args[0];
     std::string cmd = argv[1];
+    bool two = argc == 4;
+    bool wants_two =
+        cmd == "alloc_contended" || cmd == "heap_many" || cmd == "contended_many";
+    bool may_take_two = wants_two || cmd == "lock_contended" || cmd == "pingpong";
+    if (two ? !may_take_two : wants_two) return usage();
+    uint64_t extra = two ? args[1] : 2;  // CPUS defaults to 2
     try {
         if (cmd == "lock_uncontended") lock_uncontended(n);
         else if (cmd == "lock_write_unlock") lock_write_unlock(n);
@@ -508,7 +600,8 @@ int main(int argc, char** argv) {
         else if (cmd == "blocked_wakeups") blocked_wakeups(n);
         else if (cmd == "alloc_small") alloc_small(n);
         else if (cmd == "alloc_batch") alloc_batch(n);
-        else if (cmd == "alloc_contended") alloc_contended(n);
+        else if (cmd == "alloc_contended") alloc_contended(n, args[1]);
+        else if (cmd == "heap_many") heap_many(n, args[1]);
         else return usage();
     } catch (const std::exception& e) {
         // Every Remover and Children on the way out has run by now.

@@ -45,6 +45,7 @@
 //! | [`heap`] | [`SharedHeap`]: the lock-free allocator in a segment; named objects |
 //! | [`segment`] | [`Segment`]: named memory + mapping + header + heap |
 //! | [`handle`] | [`Handle`]: an object's identity for any process |
+//! | [`registry`] | who is attached to a segment: a slot per process and per allocating thread, each thread's allocation cache, reaping of dead ones |
 //!
 //! `#[derive(SharedStruct)]` comes from the `shmutils-derive` crate and is
 //! re-exported here.
@@ -61,13 +62,14 @@ pub mod heap;
 pub mod lock;
 pub mod mmap;
 pub mod ptr;
+pub mod registry;
 pub mod segment;
 pub mod shared;
 pub mod shm;
 
 pub use error::{Error, LockErrorKind, Result};
 pub use handle::Handle;
-pub use heap::{CheckReport, HeapCache, HeapStats, SharedBox, SharedHeap, TypeRecord};
+pub use heap::{CheckReport, HeapStats, SharedBox, SharedHeap, TypeRecord};
 pub use lock::{
     Condvar, GenericLock, GenericLockGuard, Lock, LockError, LockGuard, LockResult, RLock,
     RLockGuard, RawLock, RawMutex, RawMutexExclusive, RawRLock, WaitTimeoutResult,
@@ -77,6 +79,7 @@ pub use mmap::{
     RelativeMemory,
 };
 pub use ptr::{RelPtr, RelSlice};
+pub use registry::{ProcessInfo, RegistryStats};
 pub use segment::Segment;
 pub use shared::{Checked, Shared, SharedEnum};
 pub use shm::{shm_unlink, Mode, ShmFd};

@@ -65,12 +65,15 @@ use std::mem::offset_of;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::heap::layout::Geometry;
 use crate::heap::{self, SharedHeap, TypeCache};
 use crate::mmap::MappedMemory;
+use crate::registry::local::{Attachment, RegistryMap};
+use crate::registry::ProcessInfo;
 use crate::shm::{self, shm_unlink, FileLock, Mode, ShmFd};
 use crate::sys;
 
@@ -176,6 +179,8 @@ pub struct Segment {
     /// memory, it lives on the kernel's internal mount, which has no size
     /// of its own to run out of.
     memfd: Option<OwnedFd>,
+    /// This process's side of the segment's registry.
+    att: Arc<Attachment>,
 }
 
 impl Segment {
@@ -297,9 +302,7 @@ impl Segment {
         let memfd = shm::sealed_anonymous(size as u64)?;
         let map = MappedMemory::for_memfd(size, memfd.as_fd())?;
         Segment::initialize(&map)?;
-        let mut seg = Segment::from_mapping(map, None, true)?;
-        seg.memfd = Some(memfd);
-        Ok(seg)
+        Segment::from_mapping(map, None, Some(memfd), true)
     }
 
     /// Opens, waits for, takes over or creates the object behind `fd`, as
@@ -323,7 +326,7 @@ impl Segment {
             match Segment::under_lock(&fd, how)? {
                 Some(Locked::Existing) => return Segment::open_existing(fd).map(Some),
                 Some(Locked::Created(map)) => {
-                    return Segment::from_mapping(map, Some(fd), true).map(Some)
+                    return Segment::from_mapping(map, Some(fd), None, true).map(Some)
                 }
                 Some(Locked::Gone) => return Ok(None),
                 None => {}
@@ -382,7 +385,7 @@ impl Segment {
         let size = fd.size()?;
         Segment::check_size(fd.name(), size)?;
         let map = Segment::map(&fd, size)?;
-        Segment::from_mapping(map, Some(fd), false)
+        Segment::from_mapping(map, Some(fd), None, false)
     }
 
     fn check_size(name: &str, size: u64) -> Result<()> {
@@ -490,7 +493,12 @@ impl Segment {
     }
 
     /// Validates the header and heap of a mapping.
-    fn from_mapping(map: MappedMemory, fd: Option<ShmFd>, created: bool) -> Result<Segment> {
+    fn from_mapping(
+        map: MappedMemory,
+        fd: Option<ShmFd>,
+        memfd: Option<OwnedFd>,
+        created: bool,
+    ) -> Result<Segment> {
         let name = fd.as_ref().map(|f| f.name().to_owned());
         let label = name.clone().unwrap_or_else(|| "anonymous".to_owned());
         let h = header(&map);
@@ -556,10 +564,27 @@ impl Segment {
         let types = TypeCache::new();
         // SAFETY: the mapping is live, read-write and page-aligned; the view
         // is dropped at once (only the validated geometry is kept).
-        let geo =
-            unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None, None)? }
-                .geometry();
-        Ok(Segment {
+        let view =
+            unsafe { SharedHeap::attach(base, map.len(), HEADER_BYTES, &types, None, None, None)? };
+        let geo = view.geometry();
+        // The registry mapped a second time, for the threads' tokens.
+        let object = match (&fd, &memfd) {
+            (Some(fd), _) => fd.as_fd(),
+            (None, Some(memfd)) => memfd.as_fd(),
+            (None, None) => {
+                return Err(Error::InvalidArgument {
+                    what: "a segment needs the descriptor of its object".to_owned(),
+                })
+            }
+        };
+        let reg_map = RegistryMap::new(object, geo.reg_off)
+            .map_err(|e| Error::io("mapping the segment's registry for thread tokens", e))?;
+        let range = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
+        // SAFETY: the registry lies inside the mapping `range`, which the
+        // Segment keeps until its Drop has detached the attachment; all
+        // atomics; reg_map maps the same object's registry.
+        let att = unsafe { Attachment::new(view.registry_header(), range, reg_map) };
+        let seg = Segment {
             map,
             name,
             id,
@@ -569,18 +594,36 @@ impl Segment {
             types,
             created,
             unlink_on_drop: None,
-            memfd: None,
-        })
+            memfd,
+            att,
+        };
+        // Slots whose owners died are reaped at open, and this process
+        // says it is attached (its threads attach when they use the heap).
+        let heap = seg.view();
+        heap.reap();
+        seg.att.attach_process(&heap);
+        Ok(seg)
     }
 
     /// The heap inside the segment: a cheap view, valid while the segment
-    /// lives.
+    /// lives. The calling thread attaches (a registry slot, its allocation
+    /// cache, and the death token that lock waiters in other processes
+    /// watch) the first time; later calls find it in one thread-local
+    /// lookup.
     pub fn heap(&self) -> SharedHeap<'_> {
+        let heap = self.view();
+        let _ = self.att.slot(&heap);
+        heap
+    }
+
+    /// The heap view, without attaching the calling thread.
+    fn view(&self) -> SharedHeap<'_> {
         // SAFETY: MappedMemory::as_ptr comes from a NonNull. `geo` was
         // validated against this mapping when the segment was made; the
-        // mapping and the type cache live as long as the borrow of self;
-        // the mapping is read-write and page-aligned, and everything in it
-        // is reached through atomics and blocks the heap checked.
+        // mapping, the type cache and the attachment (made for this
+        // mapping's registry) live as long as the borrow of self; the
+        // mapping is read-write and page-aligned, and everything in it is
+        // reached through atomics and blocks the heap checked.
         unsafe {
             let base = NonNull::new_unchecked(self.map.as_ptr());
             SharedHeap::from_parts(
@@ -591,7 +634,23 @@ impl Segment {
                 self.name.as_deref(),
                 Some(self.id),
             )
+            .with_attachment(&self.att)
         }
+    }
+
+    /// The live processes attached to the segment (each process that made
+    /// or opened it and has not dropped it), read from its registry.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.view().registry().processes()
+    }
+
+    /// Reaps the registry slots of dead processes and threads now (it also
+    /// happens at `open`, and when a thread finds no free slot): what they
+    /// were doing with their allocation caches is settled, and their
+    /// cached blocks become free for the next claimer. Returns how many
+    /// slots were reaped.
+    pub fn reap(&self) -> usize {
+        self.view().reap()
     }
 
     /// The shared memory name (with its leading `/`); `None` if anonymous.
@@ -666,6 +725,8 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        // Before the mapping goes: free this process's slots.
+        self.att.detach();
         if self.unlink_on_drop == Some(crate::process::fork_generation()) {
             if let Some(name) = &self.name {
                 let _ = shm_unlink(name);

@@ -5,8 +5,9 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -416,6 +417,231 @@ fn futex_wake_at(word: *mut u32, n: u32) -> usize {
     usize::try_from(r).unwrap_or(0)
 }
 
+/// `futex_waitv(2)`'s system call number (the same on x86_64 and aarch64).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_FUTEX_WAITV: libc::c_long = 449;
+/// `FUTEX2_SIZE_U32`: the word is 32 bits. No `FUTEX2_PRIVATE`: the words
+/// live in shared memory, so they pair with wakes from any process.
+const FUTEX2_SIZE_U32: u32 = 2;
+/// The kernel's limit on the words of one `futex_waitv`.
+const FUTEX_WAITV_MAX: usize = 128;
+
+/// Set once `futex_waitv` turned out not to exist (or to be forbidden, as
+/// a seccomp filter may do): later calls fail at once.
+static FUTEX_WAITV_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`futex_waitv`] is known not to work here (it failed with
+/// `ENOSYS` once).
+pub(crate) fn futex_waitv_missing() -> bool {
+    FUTEX_WAITV_MISSING.load(Ordering::Relaxed)
+}
+
+/// One word of a [`futex_waitv`]: the kernel's `struct futex_waitv`, which
+/// borrows the word for `'a`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct FutexWaiter<'a> {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+    word: PhantomData<&'a AtomicU32>,
+}
+
+const _: () = assert!(std::mem::size_of::<FutexWaiter<'_>>() == 24);
+
+impl<'a> FutexWaiter<'a> {
+    fn at(word: *mut u32, expected: u32) -> FutexWaiter<'a> {
+        FutexWaiter {
+            val: u64::from(expected),
+            uaddr: word as usize as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+            word: PhantomData,
+        }
+    }
+
+    /// Sleep while `*word == expected`.
+    pub(crate) fn new(word: &'a AtomicU32, expected: u32) -> FutexWaiter<'a> {
+        FutexWaiter::at(word.as_ptr(), expected)
+    }
+
+    /// Sleep while the low 32 bits of `word` equal `expected` (the half
+    /// [`futex_wait_low`] sleeps on and [`futex_wake_low`] wakes).
+    pub(crate) fn low_half(word: &'a AtomicU64, expected: u32) -> FutexWaiter<'a> {
+        FutexWaiter::at(low_half(word), expected)
+    }
+}
+
+/// `futex_waitv(2)`: sleeps while every word holds its expected value, at
+/// most `timeout` (none: no limit), until a `futex_wake` on any of them
+/// (from any process). Returns the index of the word that was woken.
+///
+/// # Errors
+/// The kernel's answers as `io::Error`s: `EAGAIN` (a word did not hold its
+/// value when the call started), `ETIMEDOUT`, `EINTR`, and `ENOSYS` when
+/// the kernel has no `futex_waitv` (before 5.16, other architectures, or a
+/// seccomp filter that refuses it with `ENOSYS` or `EPERM`): that is
+/// remembered, and later calls fail with `ENOSYS` without asking. `EINVAL`
+/// for more than 128 words.
+pub(crate) fn futex_waitv(
+    waiters: &[FutexWaiter<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<usize> {
+    if FUTEX_WAITV_MISSING.load(Ordering::Relaxed) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    if waiters.len() > FUTEX_WAITV_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let deadline = match timeout {
+        None => None,
+        Some(d) => Some(monotonic_after(d)?),
+    };
+    let r = raw_futex_waitv(waiters, deadline.as_ref());
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            FUTEX_WAITV_MISSING.store(true, Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        }
+        r => r,
+    }
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn raw_futex_waitv(
+    waiters: &[FutexWaiter<'_>],
+    deadline: Option<&libc::timespec>,
+) -> io::Result<usize> {
+    let deadline = deadline.map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters` is an array of `waiters.len()` (at most 128) kernel
+    // `struct futex_waitv`s (repr(C), 24 bytes, flags FUTEX2_SIZE_U32,
+    // reserved 0), each naming a 4-aligned word that its lifetime keeps
+    // borrowed, hence mapped, for the whole call; the kernel only reads
+    // them. `deadline` is null or points to a timespec that outlives the
+    // call. The flags argument must be 0.
+    let r = unsafe {
+        libc::syscall(
+            SYS_FUTEX_WAITV,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0 as libc::c_uint,
+            deadline,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(usize::try_from(r).unwrap_or(0))
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn raw_futex_waitv(
+    _waiters: &[FutexWaiter<'_>],
+    _deadline: Option<&libc::timespec>,
+) -> io::Result<usize> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// `CLOCK_MONOTONIC` now plus `d` (saturating), the absolute time
+/// `futex_waitv` takes.
+fn monotonic_after(d: Duration) -> io::Result<libc::timespec> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is valid for writes of one timespec.
+    cvt(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) })?;
+    let secs = libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX);
+    let mut nanos = now.tv_nsec + d.subsec_nanos() as libc::c_long;
+    let mut carry = 0;
+    if nanos >= 1_000_000_000 {
+        nanos -= 1_000_000_000;
+        carry = 1;
+    }
+    Ok(libc::timespec {
+        tv_sec: now.tv_sec.saturating_add(secs).saturating_add(carry),
+        tv_nsec: nanos,
+    })
+}
+
+/// Turns a pthread return code (0, or the error number) into an `io::Result`.
+fn cvt_pthread(code: libc::c_int) -> io::Result<()> {
+    match code {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// `pthread_mutex_init(3)` of a robust (`PTHREAD_MUTEX_ROBUST`),
+/// process-shared (`PTHREAD_PROCESS_SHARED`) mutex at `m`, whatever `m`
+/// held before.
+///
+/// # Safety
+/// `m` must be valid for reads and writes of a `pthread_mutex_t` and
+/// aligned for it, and no thread may hold the mutex there or be inside a
+/// `pthread_mutex_*` call on it (its previous holder, if any, released it
+/// or died): initialising a held mutex breaks its holder's robust list.
+///
+/// # Errors
+/// What `pthread_mutexattr_*` or `pthread_mutex_init` refuse.
+pub(crate) unsafe fn robust_mutex_init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    // SAFETY: `attr` is valid for writes of a pthread_mutexattr_t.
+    cvt_pthread(unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) })?;
+    let attr = attr.as_mut_ptr();
+    // SAFETY: `attr` was initialised just above and is destroyed below; `m`
+    // is valid, aligned and not in use (the caller's contract).
+    let r = unsafe {
+        cvt_pthread(libc::pthread_mutexattr_setrobust(
+            attr,
+            libc::PTHREAD_MUTEX_ROBUST,
+        ))
+        .and_then(|()| {
+            cvt_pthread(libc::pthread_mutexattr_setpshared(
+                attr,
+                libc::PTHREAD_PROCESS_SHARED,
+            ))
+        })
+        .and_then(|()| cvt_pthread(libc::pthread_mutex_init(m, attr)))
+    };
+    // SAFETY: `attr` is initialised and not used after this.
+    unsafe { libc::pthread_mutexattr_destroy(attr) };
+    r
+}
+
+/// `pthread_mutex_lock(3)`.
+///
+/// # Safety
+/// `m` must point to a mutex initialised by [`robust_mutex_init`] that
+/// stays mapped at this address while the calling thread holds it (glibc
+/// links it into the thread's robust list, which the kernel walks when
+/// the thread exits).
+///
+/// # Errors
+/// `EOWNERDEAD` (the caller holds it now, its previous holder died),
+/// `ENOTRECOVERABLE`, `EDEADLK`, or what else the mutex refuses.
+pub(crate) unsafe fn mutex_lock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    // SAFETY: the caller's contract: an initialised mutex that outlives
+    // the hold.
+    cvt_pthread(unsafe { libc::pthread_mutex_lock(m) })
+}
+
+/// `pthread_mutex_unlock(3)`.
+///
+/// # Safety
+/// `m` must point to a mutex the calling thread locked with
+/// [`mutex_lock`], still mapped at that address.
+///
+/// # Errors
+/// `EPERM` when the calling thread does not hold it.
+pub(crate) unsafe fn mutex_unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    // SAFETY: the caller's contract: a mutex this thread holds.
+    cvt_pthread(unsafe { libc::pthread_mutex_unlock(m) })
+}
+
 /// Fills `buf` from the kernel's random source (`getrandom(2)`).
 pub(crate) fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
@@ -628,5 +854,45 @@ mod tests {
             })
         );
         assert_eq!(proc_thread(getpid(), 0), ProcThread::Gone);
+    }
+
+    #[test]
+    fn futex_waitv_checks_every_word_and_says_which_one_woke() {
+        let a = AtomicU32::new(1);
+        let b = AtomicU64::new(5 << 32 | 7);
+        let both = |x: u32, y: u32| [FutexWaiter::new(&a, x), FutexWaiter::low_half(&b, y)];
+        match futex_waitv(&both(1, 8), Some(Duration::from_secs(5))) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                eprintln!("futex_waitv is not available here: skipped");
+                return;
+            }
+            r => assert_eq!(
+                r.unwrap_err().raw_os_error(),
+                Some(libc::EAGAIN),
+                "b's low half is 7"
+            ),
+        }
+        let r = futex_waitv(&both(2, 7), Some(Duration::from_secs(5)));
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EAGAIN), "a is 1");
+        let r = futex_waitv(&both(1, 7), Some(Duration::from_millis(2)));
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ETIMEDOUT));
+        // A wake on either word ends the sleep and names it.
+        for which in [0, 1] {
+            std::thread::scope(|s| {
+                let sleeper = s.spawn(|| futex_waitv(&both(1, 7), Some(Duration::from_secs(10))));
+                // The wake may come before the sleep: wake until one lands.
+                while !sleeper.is_finished() {
+                    let woken = match which {
+                        0 => futex_wake(&a, 1),
+                        _ => futex_wake_low(&b, 1),
+                    };
+                    if woken == 1 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                assert_eq!(sleeper.join().unwrap().unwrap(), which);
+            });
+        }
     }
 }

@@ -12,6 +12,7 @@ use super::layout::NSHARDS;
 use super::meta::{self, Meta};
 use super::stack::head_offset;
 use super::{Block, SharedHeap};
+use crate::registry::RegistryStats;
 
 /// Figures of one size class.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub struct HeapStats {
     pub named_objects: usize,
     /// Classes that have at least one span, smallest first.
     pub classes: Vec<ClassStats>,
+    /// The registry: attached processes and threads, and how often a
+    /// thread found no free slot (it then allocates without a cache).
+    pub registry: RegistryStats,
 }
 
 /// What [`SharedHeap::check`] found.
@@ -57,8 +61,10 @@ pub struct HeapStats {
 /// produce.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
-    /// Blocks on free lists.
+    /// Free blocks: on the shared free lists or in a thread's cache.
     pub free_blocks: u64,
+    /// Of those, blocks in the caches of registry slots.
+    pub cached_blocks: u64,
     /// Blocks allocated.
     pub allocated_blocks: u64,
     /// Blocks neither free nor allocated.
@@ -93,9 +99,10 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} allocated, {} free, {} leaked ({} bytes), {} unpublished pages, {} abandoned entries, {} inconsistencies",
+            "{} allocated, {} free ({} cached), {} leaked ({} bytes), {} unpublished pages, {} abandoned entries, {} inconsistencies",
             self.allocated_blocks,
             self.free_blocks,
+            self.cached_blocks,
             self.leaked_blocks,
             self.leaked_bytes,
             self.unpublished_pages,
@@ -245,6 +252,7 @@ pub(super) fn stats(heap: &SharedHeap<'_>) -> HeapStats {
         free_bytes: heap.geo.arena_bytes() - in_use_bytes,
         named_objects: heap.directory().census().0,
         classes: classes.into_iter().filter(|c| c.spans > 0).collect(),
+        registry: heap.registry().stats(),
     }
 }
 
@@ -292,7 +300,7 @@ fn walk_lists(
             }
             let w = heap.meta_word(b).map_or(0, |w| w.load(Ordering::Acquire));
             match meta::decode(w, off) {
-                Meta::Free { next } => {
+                Meta::Free { next, custody: 0 } => {
                     r.free_blocks += 1;
                     off = next;
                 }
@@ -319,6 +327,18 @@ pub(super) fn check(heap: &SharedHeap<'_>) -> CheckReport {
     for (c, &class_blocks) in blocks_of.iter().enumerate() {
         walk_lists(heap, c, class_blocks, &mut on_list, &mut r);
     }
+    heap.cached_blocks(|slot, off, bad| match bad {
+        Some(why) => r.corruption.push(format!(
+            "cache of registry slot {slot}: block {off:#x} {why}"
+        )),
+        None if !on_list.insert(off) => r.corruption.push(format!(
+            "cache of registry slot {slot}: block {off:#x} is also on a free list or another cache"
+        )),
+        None => {
+            r.free_blocks += 1;
+            r.cached_blocks += 1;
+        }
+    });
 
     let types = heap.type_table();
     let mut large_first_pages = HashSet::new();

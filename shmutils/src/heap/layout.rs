@@ -6,6 +6,8 @@
 //!            line
 //! dir_off    named-object directory: DIR_CAPACITY entries of 160 B
 //! types_off  type table: TYPE_CAPACITY entries of 128 B (`types.rs`)
+//! reg_off    registry: a 64 B header and SLOTS slots of 512 B
+//!            (`registry/`), each thread's allocation cache among them
 //! pagemap    one AtomicU32 per arena page: the class of its span and its
 //!            distance from the span's first page
 //! spans      one AtomicU64 per arena page: the meta word (`meta.rs`) of
@@ -25,11 +27,12 @@ use super::class::{NCLASSES, PAGE, SLAB_PAGES};
 use super::directory::{DirEntry, DIR_CAPACITY};
 use super::types::{ENTRY_BYTES, TYPE_CAPACITY};
 use crate::error::{Error, Result};
+use crate::registry::REGISTRY_BYTES;
 
 /// "SHMUHEAP", little-endian.
 pub(crate) const HEAP_MAGIC: u64 = u64::from_le_bytes(*b"SHMUHEAP");
 /// The heap's format version.
-pub(crate) const HEAP_VERSION: u64 = 2;
+pub(crate) const HEAP_VERSION: u64 = 3;
 /// Free-list shards per class: processes spread over them so that two of
 /// them rarely fight over one head's cache line.
 pub(crate) const NSHARDS: usize = 8;
@@ -90,6 +93,7 @@ pub(crate) struct Geometry {
     pub(crate) dir_capacity: u64,
     pub(crate) pagemap_off: u64,
     pub(crate) types_off: u64,
+    pub(crate) reg_off: u64,
     pub(crate) spans_off: u64,
     pub(crate) arena_start: u64,
     pub(crate) arena_pages: u64,
@@ -122,7 +126,8 @@ impl Geometry {
         let heads_off = heap_off + HEADER_BYTES;
         let dir_off = heads_off + (NSHARDS * NCLASSES) as u64 * HEAD_STRIDE;
         let types_off = dir_off + DIR_CAPACITY as u64 * std::mem::size_of::<DirEntry>() as u64;
-        let pagemap_off = types_off + TYPE_CAPACITY as u64 * ENTRY_BYTES;
+        let reg_off = align_up(types_off + TYPE_CAPACITY as u64 * ENTRY_BYTES, 64);
+        let pagemap_off = reg_off + REGISTRY_BYTES;
         let with_pages = |n: u64| {
             let spans_off = align_up(pagemap_off + 4 * n, SPAN_WORD_BYTES);
             let arena_start = align_up(spans_off + SPAN_WORD_BYTES * n, PAGE);
@@ -133,6 +138,7 @@ impl Geometry {
                 dir_off,
                 dir_capacity: DIR_CAPACITY as u64,
                 types_off,
+                reg_off,
                 pagemap_off,
                 spans_off,
                 arena_start,
@@ -232,12 +238,14 @@ mod tests {
 
     #[test]
     fn geometry_fits_and_is_aligned() {
-        for total in [1 << 18, 1 << 20, 3 << 20, (64 << 20) + 12345, 1 << 30] {
+        for total in [1 << 19, 1 << 20, 3 << 20, (64 << 20) + 12345, 1 << 30] {
             let g = Geometry::compute(total, 64).unwrap();
             assert!(g.end() <= total, "{g:?}");
             assert_eq!(g.arena_start % PAGE, 0);
             assert_eq!(g.heads_off % 64, 0);
-            assert!(g.pagemap_off >= g.types_off + TYPE_CAPACITY as u64 * ENTRY_BYTES);
+            assert!(g.reg_off >= g.types_off + TYPE_CAPACITY as u64 * ENTRY_BYTES);
+            assert_eq!(g.reg_off % 64, 0);
+            assert!(g.pagemap_off >= g.reg_off + REGISTRY_BYTES);
             assert!(g.spans_off >= g.pagemap_off + 4 * g.arena_pages);
             assert!(g.arena_start >= g.spans_off + SPAN_WORD_BYTES * g.arena_pages);
             // Little is wasted: one more page would not fit.

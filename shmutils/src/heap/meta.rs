@@ -12,8 +12,8 @@
 //! +------+-----+--------+--------+--------+------------------+
 //! |ALLOC |FREE |PRIVATE | 0      | seal   | type id          |  allocated
 //! +------+-----+--------+--------+--------+------------------+
-//! |0     |1    | seal (61..45)    | next free block / 8 (0: end) |  free
-//! +------+-----+------------------+---------------------------+
+//! |0     |1    | seal (61..45)    | custody (44..37) | next / 8 |  free
+//! +------+-----+------------------+------------------+----------+
 //!
 //! value                   meaning                       who moves it on
 //! ----------------------  ----------------------------  ------------------------------
@@ -33,6 +33,12 @@
 //! (with odds of 2^-16 per word of passing), and a word copied from
 //! another block never passes, so a page map entry a peer forged cannot
 //! make the allocator take bytes that are not a block's word for one.
+//! The **custody** of a free block says where it is: 0 on a shared free
+//! list, `i + 1` in the cache of registry slot `i` (`cache.rs`). A claim
+//! accepts only the custody it expects, so a block a peer linked into a
+//! shared list while it sits in a cache (or the other way round) is never
+//! claimed from the wrong place.
+//!
 //! Type id 0 is [`RAW`]: bytes from [`alloc`](super::SharedHeap::alloc),
 //! which no typed read resolves.
 
@@ -44,7 +50,9 @@ const FREE: u64 = 1 << 62;
 const PRIVATE: u64 = 1 << 61;
 /// Bits that are zero in every valid word.
 const RESERVED_ALLOC: u64 = 0x1fff << 48;
-const LINK_MASK: u64 = (1 << 45) - 1;
+/// The link: a block position (offset / 8) below 2^37 (1 TiB segments).
+const LINK_MASK: u64 = (1 << 37) - 1;
+const CUSTODY_SHIFT: u32 = 37;
 const SEAL_SHIFT: u32 = 32;
 const FREE_SEAL_SHIFT: u32 = 45;
 
@@ -56,8 +64,9 @@ pub(crate) const RAW: u32 = 0;
 pub(crate) enum Meta {
     /// Never initialized.
     Fresh,
-    /// Free; the next free block's offset (0 = end of list).
-    Free { next: u64 },
+    /// Free; the next free block's offset (0 = end of list), and where it
+    /// is (0: a shared list; `i + 1`: the cache of registry slot `i`).
+    Free { next: u64, custody: u8 },
     /// Allocated as `ty`; `private` while a `SharedBox` owns it.
     Allocated { ty: u32, private: bool },
     /// No valid state (or a seal that does not match the block).
@@ -95,19 +104,36 @@ pub(crate) fn allocated(ty: u32, offset: u64, private: bool) -> u64 {
     ALLOC | if private { PRIVATE } else { 0 } | seal(ty, offset) << SEAL_SHIFT | u64::from(ty)
 }
 
-/// The word of the free block at `offset` whose list continues at `next`
-/// (0 = end).
+/// The word of the free block at `offset` on a shared list that continues
+/// at `next` (0 = end).
 #[inline]
 pub(crate) fn free(offset: u64, next: u64) -> u64 {
-    FREE | seal(0, offset) << FREE_SEAL_SHIFT | (next / super::class::GRANULE) & LINK_MASK
+    held(offset, next, 0)
 }
 
-/// The link of a free block's word, `None` for any other state (the fast
-/// path of `pop`).
+/// The word of the free block at `offset` in the list of custody
+/// `custody` (see the module docs) that continues at `next`.
+#[inline]
+pub(crate) fn held(offset: u64, next: u64, custody: u8) -> u64 {
+    FREE | seal(0, offset) << FREE_SEAL_SHIFT
+        | u64::from(custody) << CUSTODY_SHIFT
+        | (next / super::class::GRANULE) & LINK_MASK
+}
+
+/// The link of a free block's word on a shared list, `None` for any other
+/// state or custody (the fast path of `pop`).
 #[inline]
 pub(crate) fn free_link(w: u64, offset: u64) -> Option<u64> {
-    (w & (ALLOC | FREE) == FREE && (w >> FREE_SEAL_SHIFT) & 0xffff == seal(0, offset))
-        .then_some((w & LINK_MASK) * super::class::GRANULE)
+    held_link(w, offset, 0)
+}
+
+/// The link of a free block's word of custody `custody`, `None` for any
+/// other state or custody.
+#[inline]
+pub(crate) fn held_link(w: u64, offset: u64, custody: u8) -> Option<u64> {
+    (w & (ALLOC | FREE | 0xff << CUSTODY_SHIFT) == FREE | u64::from(custody) << CUSTODY_SHIFT
+        && (w >> FREE_SEAL_SHIFT) & 0xffff == seal(0, offset))
+    .then_some((w & LINK_MASK) * super::class::GRANULE)
 }
 
 /// Decodes the word of the block at `offset`.
@@ -116,8 +142,11 @@ pub(crate) fn decode(w: u64, offset: u64) -> Meta {
     if w == 0 {
         return Meta::Fresh;
     }
-    if let Some(next) = free_link(w, offset) {
-        return Meta::Free { next };
+    if w & (ALLOC | FREE) == FREE && (w >> FREE_SEAL_SHIFT) & 0xffff == seal(0, offset) {
+        return Meta::Free {
+            next: (w & LINK_MASK) * super::class::GRANULE,
+            custody: (w >> CUSTODY_SHIFT) as u8,
+        };
     }
     if w & (ALLOC | FREE) == ALLOC && w & RESERVED_ALLOC == 0 {
         let ty = w as u32;
@@ -148,9 +177,21 @@ mod tests {
             }
             assert_eq!(
                 decode(free(off, off + 64), off),
-                Meta::Free { next: off + 64 }
+                Meta::Free {
+                    next: off + 64,
+                    custody: 0
+                }
             );
-            assert_eq!(decode(free(off, 0), off), Meta::Free { next: 0 });
+            assert_eq!(
+                decode(held(off, 0, 7), off),
+                Meta::Free {
+                    next: 0,
+                    custody: 7
+                }
+            );
+            assert_eq!(held_link(held(off, off + 8, 7), off, 7), Some(off + 8));
+            assert_eq!(held_link(held(off, off + 8, 7), off, 6), None);
+            assert_eq!(free_link(held(off, off + 8, 7), off), None);
             assert_eq!(decode(free(off, 0), off + 8), Meta::Corrupt);
         }
         assert_eq!(decode(0, 64), Meta::Fresh);

@@ -87,15 +87,17 @@ use std::mem::{align_of, size_of};
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::process;
 use crate::ptr::{RelPtr, RelSlice};
+use crate::registry::local::{Attachment, Local};
+use crate::registry::{Registry, RegistryHeader, Slot, SLOTS};
 use crate::shared::Shared;
 use crate::sys;
 
 pub use boxed::SharedBox;
-pub use cache::{HeapCache, CACHE_BLOCKS};
 pub use check::{CheckReport, ClassStats, HeapStats};
 pub use directory::{DIR_CAPACITY, MAX_NAME_LEN, MAX_TYPE_NAME_LEN};
 pub use typed::WithHeap;
@@ -133,6 +135,9 @@ pub struct SharedHeap<'s> {
     backing: Option<BorrowedFd<'s>>,
     name: Option<&'s str>,
     id: Option<u64>,
+    /// This process's attachment to the heap's registry (`None`: no
+    /// per-thread caches, every allocation takes the shared path).
+    att: Option<&'s Arc<Attachment>>,
     _mapping: PhantomData<&'s [AtomicU64]>,
 }
 
@@ -269,6 +274,7 @@ impl<'s> SharedHeap<'s> {
             backing,
             name,
             id,
+            att: None,
             _mapping: PhantomData,
         })
     }
@@ -294,7 +300,47 @@ impl<'s> SharedHeap<'s> {
             backing,
             name,
             id,
+            att: None,
             _mapping: PhantomData,
+        }
+    }
+
+    /// The same view, allocating through this process's attachment to
+    /// the heap's registry (per-thread caches).
+    ///
+    /// # Safety
+    /// `att` must be attached to this heap's registry.
+    pub(crate) unsafe fn with_attachment(mut self, att: &'s Arc<Attachment>) -> SharedHeap<'s> {
+        self.att = Some(att);
+        self
+    }
+
+    /// The registry inside the heap's bookkeeping.
+    pub(crate) fn registry(&self) -> Registry<'s> {
+        // SAFETY: the registry lies at reg_off inside the mapping (attach
+        // validated the geometry): a 64-byte header then SLOTS slots,
+        // 64-aligned, all atomics.
+        unsafe {
+            let header = self.base.as_ptr().add(self.geo.reg_off as usize);
+            Registry {
+                header: &*(header as *const RegistryHeader),
+                slots: std::slice::from_raw_parts(header.add(64) as *const Slot, SLOTS),
+            }
+        }
+    }
+
+    /// The registry's header, for an attachment to hold.
+    pub(crate) fn registry_header(&self) -> NonNull<RegistryHeader> {
+        NonNull::from(self.registry().header)
+    }
+
+    /// The calling thread's slot (claimed on first use), if this view
+    /// allocates through caches and a slot was free.
+    #[inline(always)]
+    fn slot(&self) -> Option<Local<'s>> {
+        match self.att {
+            Some(att) => att.slot(self),
+            None => None,
         }
     }
 
@@ -505,6 +551,7 @@ impl<'s> SharedHeap<'s> {
     /// [`Error::OutOfMemory`]; [`Error::InvalidArgument`] for an alignment
     /// above 4096; [`Error::HeapCorrupt`] if a peer corrupted the free lists
     /// beyond what one allocation skips.
+    #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<RelPtr<u8>> {
         self.alloc_as(layout, meta::RAW, false)
             .map(|(off, _)| RelPtr::from_heap(off))
@@ -512,13 +559,27 @@ impl<'s> SharedHeap<'s> {
 
     /// Allocates a block for `layout` whose meta word says `ty` (private or
     /// published); returns its offset and its meta word.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_as(
         &self,
         layout: Layout,
         ty: u32,
         private: bool,
     ) -> Result<(u64, &'s AtomicU64)> {
+        // The common case, inlined: a block from this thread's cache.
+        if let Some(c) = class_of(layout).filter(|&c| c < cache::NCACHED) {
+            if let Some(l) = self.slot() {
+                if let Some(got) = self.cache_pop(l, c, ty, private) {
+                    return Ok(got);
+                }
+            }
+        }
+        self.alloc_slow(layout, ty, private)
+    }
+
+    /// [`alloc_as`](Self::alloc_as) past an empty (or no) cache.
+    #[inline(never)]
+    fn alloc_slow(&self, layout: Layout, ty: u32, private: bool) -> Result<(u64, &'s AtomicU64)> {
         let Some(c) = class_of(layout) else {
             return Err(Error::InvalidArgument {
                 what: format!(
@@ -527,6 +588,14 @@ impl<'s> SharedHeap<'s> {
                 ),
             });
         };
+        if c < cache::NCACHED {
+            if let Some(l) = self.slot() {
+                if let Some(got) = self.cache_pop(l, c, ty, private) {
+                    return Ok(got);
+                }
+                return self.refill(l.slot, c, ty, private, layout);
+            }
+        }
         let shard = current_shard();
         for _ in 0..MAX_SKIPS {
             let Some((block, word, seen, head, installed)) = self.pop_class(c, shard) else {
@@ -584,7 +653,7 @@ impl<'s> SharedHeap<'s> {
     ) -> Option<(Block, &'s AtomicU64, u64, &'s AtomicU64, u64)> {
         (0..NSHARDS).find_map(|k| {
             let head = self.head(shard + k, c);
-            let (p, contended) = stack::pop(self, head, c);
+            let (p, contended) = stack::pop(self, head, c, |_, _| {});
             if contended && k == 0 {
                 move_shard();
             }
@@ -797,9 +866,15 @@ impl<'s> SharedHeap<'s> {
     /// the middle of a block; [`Error::WrongLayout`] for a layout of another
     /// class; [`Error::DoubleFree`] for a block that is not allocated. The
     /// heap is unchanged in every case.
+    #[inline]
     pub unsafe fn free(&self, ptr: RelPtr<u8>, layout: Layout) -> Result<()> {
-        let b = self.checked_block(ptr.offset(), layout)?;
-        self.release(b, None)
+        let off = ptr.offset();
+        // A match rather than `checked_block(..)?`: the block stays in
+        // registers on the way to the cache.
+        match self.block_at(off) {
+            Some(b) if b.start == off && class_of(layout) == Some(b.class) => self.release(b, None),
+            _ => Err(self.not_a_block(off, layout)),
+        }
     }
 
     /// The block starting at `off`, if `layout` belongs to its class. (The
@@ -865,9 +940,24 @@ impl<'s> SharedHeap<'s> {
         Ok(word)
     }
 
-    /// Frees an allocated block and pushes it onto this thread's shard.
-    #[inline]
+    /// Frees an allocated block: into this thread's cache, or onto its
+    /// shard of the shared lists.
+    #[inline(always)]
     pub(crate) fn release(&self, b: Block, expect: Option<u64>) -> Result<()> {
+        if b.class < cache::NCACHED {
+            if let Some(l) = self.slot() {
+                if self.cache_push(l, b, expect)? {
+                    return Ok(());
+                }
+            }
+        }
+        self.release_shared(b, expect)
+    }
+
+    /// Frees an allocated block onto this thread's shard of the shared
+    /// lists.
+    #[inline(never)]
+    fn release_shared(&self, b: Block, expect: Option<u64>) -> Result<()> {
         let word = self.unclaim(b, expect)?;
         if stack::push_chain(self.head(current_shard(), b.class), b.start, b.start, word) {
             move_shard();
@@ -1362,9 +1452,10 @@ impl<'s> SharedHeap<'s> {
         self.type_table().records()
     }
 
-    /// A process-local [`HeapCache`] of free small blocks over this heap.
-    pub fn cache(&self) -> HeapCache<'s> {
-        HeapCache::new(*self)
+    /// Reaps every registry slot whose owner died (see
+    /// [`Segment::reap`](crate::Segment::reap)); returns how many.
+    pub(crate) fn reap(&self) -> usize {
+        self.reap_dead()
     }
 
     /// The name of the segment the heap lives in (`None` if anonymous or

@@ -122,8 +122,16 @@ pub(crate) enum Pop {
 
 /// Pops a block of class `class` from `head`. The flag says whether a CAS
 /// race was lost on the way (the caller then moves to another shard).
+/// `note(head, block)` is called before each CAS that would take `block`
+/// off the list by replacing `head` (a thread with a registry slot records
+/// it there for a reaper).
 #[inline]
-pub(crate) fn pop<'a, N: Nodes<'a>>(heap: &N, head: &N::W, class: usize) -> (Pop, bool) {
+pub(crate) fn pop<'a, N: Nodes<'a>>(
+    heap: &N,
+    head: &N::W,
+    class: usize,
+    note: impl Fn(u64, u64),
+) -> (Pop, bool) {
     // Acquire: pairs with the Release CAS in push_chain(), so the link
     // stored into the meta word before the push is visible.
     let mut cur = head.load(Ordering::Acquire);
@@ -164,6 +172,7 @@ pub(crate) fn pop<'a, N: Nodes<'a>>(heap: &N, head: &N::W, class: usize) -> (Pop
             }
         };
         let new = pack(tag(cur).wrapping_add(1), next);
+        note(cur, off);
         // Acquire: as the load above, for the value we install.
         match head.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
@@ -244,12 +253,12 @@ mod tests {
         let c = super::super::class::class_of(l).unwrap();
         // A head pointing outside the arena is emptied, not followed.
         let head = AtomicU64::new(pack(3, 8));
-        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert!(matches!(pop(&heap, &head, c, |_, _| {}).0, Pop::Empty));
         assert_eq!(head_offset(head.load(Ordering::Relaxed)), 0);
         // A head naming an allocated block is cut, the block not handed out.
         let p = heap.alloc(l).unwrap().offset();
         head.store(pack(4, p), Ordering::Relaxed);
-        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert!(matches!(pop(&heap, &head, c, |_, _| {}).0, Pop::Empty));
         assert_eq!(head_offset(head.load(Ordering::Relaxed)), 0);
         // A link that is garbage ends the list after its block.
         let b = heap.locate(p).unwrap();
@@ -257,7 +266,7 @@ mod tests {
         word.store(meta::free(p, 0), Ordering::Relaxed);
         head.store(pack(5, p), Ordering::Relaxed);
         word.store(u64::MAX, Ordering::Relaxed);
-        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert!(matches!(pop(&heap, &head, c, |_, _| {}).0, Pop::Empty));
         assert_eq!(heap.header().corrupt_events.load(Ordering::Relaxed), 3);
     }
 
@@ -276,9 +285,13 @@ mod tests {
             push_chain(&head, off, off, word);
         }
         assert_eq!(tag(head.load(Ordering::Relaxed)), 2);
-        assert!(matches!(pop(&heap, &head, c).0, Pop::Block { block, .. } if block.start == b));
-        assert!(matches!(pop(&heap, &head, c).0, Pop::Block { block, .. } if block.start == a));
-        assert!(matches!(pop(&heap, &head, c).0, Pop::Empty));
+        assert!(
+            matches!(pop(&heap, &head, c, |_, _| {}).0, Pop::Block { block, .. } if block.start == b)
+        );
+        assert!(
+            matches!(pop(&heap, &head, c, |_, _| {}).0, Pop::Block { block, .. } if block.start == a)
+        );
+        assert!(matches!(pop(&heap, &head, c, |_, _| {}).0, Pop::Empty));
         assert_eq!(tag(head.load(Ordering::Relaxed)), 4);
     }
 }
@@ -327,7 +340,7 @@ mod loom_tests {
 
         /// `alloc_as` on the model: pop, claim, mark held (never twice).
         fn alloc(&self) -> Option<usize> {
-            let Pop::Block { block, seen, .. } = pop(&self, &self.head, 0).0 else {
+            let Pop::Block { block, seen, .. } = pop(&self, &self.head, 0, |_, _| {}).0 else {
                 return None;
             };
             let i = block.index as usize;

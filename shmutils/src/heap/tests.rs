@@ -407,10 +407,13 @@ fn a_block_lost_mid_operation_is_reported_as_leaked_not_corrupt() {
     free(&heap, p, l).unwrap();
     // Simulate a process killed between its pop and its bitmap update.
     let c = heap.locate(p.offset()).unwrap().class;
-    let popped = (0..NSHARDS).find_map(|s| match stack::pop(&heap, heap.head(s, c), c).0 {
-        Pop::Block { block, .. } => Some(block.start),
-        Pop::Empty => None,
-    });
+    let popped =
+        (0..NSHARDS).find_map(
+            |s| match stack::pop(&heap, heap.head(s, c), c, |_, _| {}).0 {
+                Pop::Block { block, .. } => Some(block.start),
+                Pop::Empty => None,
+            },
+        );
     assert!(popped.is_some());
     let r = heap.check();
     assert!(r.is_consistent(), "{r}");

@@ -11,6 +11,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use super::token::{self, Watch};
 use crate::process::{self, ThreadIdentity};
 use crate::sync::Word;
 use crate::sys;
@@ -26,6 +27,20 @@ pub(crate) trait Atom: Word {
     /// Lets other runnable threads go first (`sched_yield`; the model's
     /// scheduler under loom).
     fn yield_cpu();
+    /// Sleeps like [`Atom::wait_low`] while `owner()`, a thread of another
+    /// process, holds the lock, and also until its token reports its death
+    /// (`token.rs`). `Some(true)`: judge the owner now; `Some(false)`: woken
+    /// otherwise; `None`: no token watches the owner, sleep in slices. The
+    /// model has no tokens.
+    fn wait_low_watching(
+        &self,
+        _low: u32,
+        _owner: impl FnOnce() -> Option<Owner>,
+        _timeout: Duration,
+        _watch: &mut Watch,
+    ) -> Option<bool> {
+        None
+    }
 }
 
 impl Atom for AtomicU64 {
@@ -37,6 +52,19 @@ impl Atom for AtomicU64 {
     }
     fn yield_cpu() {
         sys::sched_yield();
+    }
+    fn wait_low_watching(
+        &self,
+        low: u32,
+        owner: impl FnOnce() -> Option<Owner>,
+        timeout: Duration,
+        watch: &mut Watch,
+    ) -> Option<bool> {
+        // The owner record is read only when a token could watch it.
+        if !token::may_watch() {
+            return None;
+        }
+        token::sleep_watching(self, low, owner()?, timeout, watch)
     }
 }
 

@@ -29,8 +29,14 @@
 //! no unlock ended, it asks whether the owner still runs (`/proc`, or for
 //! its own process's threads a registry those threads leave when they
 //! exit). `try_lock` and an expiring `lock_timeout` ask at once (a read of
-//! `/proc`, a few microseconds). What the caller gets, within 5–10 ms of
-//! the death, whether or not anyone was waiting when it happened:
+//! `/proc`, a few microseconds). Where the owner is a thread of another
+//! process that holds a *token* of the segment's registry (a robust
+//! pthread mutex it keeps locked while it lives, `token.rs`), the waiter
+//! does not poll: it sleeps until the lock is released or the kernel marks
+//! the token at the owner's death, which it then confirms through `/proc`
+//! (under a millisecond). What the caller gets, within 5–10 ms of the death
+//! (a watched owner: within about a millisecond), whether or not anyone
+//! was waiting when it happened:
 //!
 //! - **a thread of another process died holding the lock**:
 //!   [`LockError::OwnerDied`] with the guard; the caller holds the lock.
@@ -67,11 +73,15 @@ mod atomic;
 mod condvar;
 mod raw;
 mod spin;
+pub(crate) mod token;
 mod typed;
 mod word;
 
 pub use condvar::{Condvar, WaitTimeoutResult};
 pub use raw::{RawLock, RawMutex, RawMutexExclusive, RawRLock};
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use token::test_hooks as token_test_hooks;
 pub use typed::{GenericLock, GenericLockGuard, Lock, LockGuard, RLock, RLockGuard};
 
 use std::fmt;

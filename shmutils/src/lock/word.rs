@@ -80,6 +80,11 @@
 //! kernel's exit path and the system call that observes it are full
 //! barriers).
 //!
+//! An owner of another process that holds a token (`token.rs`) is not
+//! polled: the waiter sleeps in `futex_waitv` on the state and the token
+//! at once, and judges the owner when the token reports its death (or
+//! stops vouching for it), after a safety poll, or at the deadline.
+//!
 //! - Record belongs to the state, owner alive (same pid, tid, start time,
 //!   and, in this process, a registered serial): wait.
 //! - Record belongs, owner dead, **a thread of another process**: take
@@ -106,6 +111,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::atomic::{Atom, Kernel, Liveness, Oracle, Owner};
+use super::token::{Watch, WATCH_POLL};
 use super::{spin, LockError};
 pub(crate) use crate::process::current_identity;
 use crate::process::ThreadIdentity;
@@ -344,6 +350,8 @@ impl<A: Atom> Word<A> {
         let mut attempts = 0u32;
         // The state whose owner had not published, and when we first saw it.
         let mut seen: Option<(u64, u64)> = None;
+        // What the owners' tokens said (token.rs).
+        let mut watch = Watch::default();
         loop {
             attempts = attempts.wrapping_add(1);
             // Acquire: pairs with the Release of the acquiring CAS that wrote
@@ -396,9 +404,9 @@ impl<A: Atom> Word<A> {
                 }
             }
             check_owner = attempts % 16 == 0; // also after many early wakes
-            let timeout = match deadline {
+            let (timeout, watched) = match deadline {
                 Deadline::Now => return Err(LockError::WouldBlock),
-                Deadline::Never => SLICE,
+                Deadline::Never => (SLICE, WATCH_POLL),
                 Deadline::At(at) => {
                     let now = Instant::now();
                     if now >= at {
@@ -414,7 +422,7 @@ impl<A: Atom> Word<A> {
                         }
                         return Err(LockError::TimedOut);
                     }
-                    SLICE.min(at - now)
+                    (SLICE.min(at - now), WATCH_POLL.min(at - now))
                 }
             };
             if v & WAITERS == 0
@@ -426,7 +434,22 @@ impl<A: Atom> Word<A> {
                 continue;
             }
             slept = true;
-            if self.state.wait_low(v as u32, timeout) {
+            // An owner of another process is watched through its token when
+            // it holds one (token.rs): one sleep until the state changes or
+            // the owner dies, judged then. Otherwise, slices.
+            let elsewhere = || {
+                owner
+                    .or_else(|| self.owner_of(v))
+                    .filter(|o| o.pid != me.pid)
+            };
+            let judge_now = match self
+                .state
+                .wait_low_watching(v as u32, elsewhere, watched, &mut watch)
+            {
+                Some(judge_now) => judge_now,
+                None => self.state.wait_low(v as u32, timeout),
+            };
+            if judge_now {
                 check_owner = true;
             }
         }

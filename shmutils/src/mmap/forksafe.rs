@@ -49,7 +49,7 @@ const FREE: u32 = 0;
 /// A locker that had to wait takes the word with `WAITERS` set (it cannot
 /// know whether others still sleep), so an unlock that finds the bit wakes
 /// one sleeper.
-pub(super) struct ForkSafe<M: Clone> {
+pub(crate) struct ForkSafe<M: Clone> {
     word: AtomicU32,
     /// Which of `copies` is complete (0 or 1); changed only under the lock.
     active: AtomicUsize,
@@ -73,7 +73,7 @@ impl<M: Clone> fmt::Debug for ForkSafe<M> {
 impl<M: Clone> ForkSafe<M> {
     /// The value `a`, kept twice: `b` must equal `a` (`const`, so it can
     /// make a `static`, cannot clone).
-    pub(super) const fn new(a: M, b: M) -> ForkSafe<M> {
+    pub(crate) const fn new(a: M, b: M) -> ForkSafe<M> {
         ForkSafe {
             word: AtomicU32::new(FREE),
             active: AtomicUsize::new(0),
@@ -83,7 +83,7 @@ impl<M: Clone> ForkSafe<M> {
 
     /// Locks the value; waits (sleeping) while another thread of this
     /// process holds it.
-    pub(super) fn lock(&self) -> Guard<'_, M> {
+    pub(crate) fn lock(&self) -> Guard<'_, M> {
         let me = sys::getpid() & PID;
         // Acquire: pairs with the Release swap in `Guard::drop`, so the
         // previous holder's changes to `copies` are visible.
@@ -170,13 +170,13 @@ impl<M: Clone> Drop for ForkSafe<M> {
 }
 
 /// The locked value. Unlocks on drop.
-pub(super) struct Guard<'a, M: Clone> {
+pub(crate) struct Guard<'a, M: Clone> {
     cell: &'a ForkSafe<M>,
 }
 
 impl<M: Clone> Guard<'_, M> {
     /// The value.
-    pub(super) fn get(&self) -> &M {
+    pub(crate) fn get(&self) -> &M {
         let active = self.cell.active.load(Ordering::Relaxed) & 1;
         // SAFETY: the guard holds the lock, and `change` (the only writer
         // under a guard) takes `&mut self`, so no `&mut` to `copies` is
@@ -187,7 +187,7 @@ impl<M: Clone> Guard<'_, M> {
     /// Applies `f` to both copies, one at a time, swapping them in between
     /// (module docs). `f` must make the same change to equal copies: it
     /// runs twice.
-    pub(super) fn change(&mut self, f: impl Fn(&mut M)) {
+    pub(crate) fn change(&mut self, f: impl Fn(&mut M)) {
         let active = self.cell.active.load(Ordering::Relaxed) & 1;
         // SAFETY: the guard holds the lock and `&mut self` rules out a
         // borrow from `get` being alive, so this is the only reference.

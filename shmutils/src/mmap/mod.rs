@@ -8,7 +8,8 @@
 //! is the table that keeps those references sound; `registry.rs` is the
 //! process's registry of mapped objects, which gives every mapping of one
 //! object the same table and keeps raw mappings and segments apart;
-//! `forksafe.rs` is the lock both live behind, which survives `fork`;
+//! `forksafe.rs` is the lock both live behind, which survives `fork` (the
+//! registry of segments the lock resolver searches uses it too);
 //! `absolute.rs` is [`AbsoluteMemory`].
 //!
 //! # Relative and absolute
@@ -124,7 +125,7 @@
 //! otherwise can make this process read wrong values.
 
 mod absolute;
-mod forksafe;
+pub(crate) mod forksafe;
 mod placements;
 mod registry;
 mod typed;
