@@ -10,10 +10,26 @@
 //!   taken in this process (not inherited across `fork`).
 //! - after the table, the cost of that check alone: a write through the
 //!   guard against a write through a plain `&mut` (ns per write).
-//! - `lock_contended`: 2 forked processes, pinned to different CPUs,
-//!   increment a counter under the lock until it reaches 2,000,000 (Mops/s).
+//! - `lock_contended`: 2 forked processes increment a counter under the
+//!   lock until it reaches 2,000,000 (Mops/s).
 //! - `pingpong`: 2 processes pass a token through lock + condvar 100,000
 //!   times (ns per round trip).
+//!
+//!   Both two-process rows run twice: `2cpu`, the processes pinned to
+//!   different CPUs, and `1cpu`, both pinned to the same one (spinning
+//!   that wins on two CPUs loses on one).
+//! - `contended_many/N`: N unpinned processes (2, 8, 64) each add
+//!   9,600,000 / N to one counter under one lock (Mops/s): more processes
+//!   than CPUs, so waiters that spin while the holder is preempted collapse.
+//!   Where the scheduler puts unpinned processes varies from run to run
+//!   (two on one CPU barely contend), so these rows are noisy.
+//! - `blocked_wakeups`: a process blocked in `lock()` for 2 s on a lock a
+//!   live process holds: its context switches (voluntary + involuntary,
+//!   `/proc/PID/status`) per second. One run.
+//! - `owner_died_latency`: the holder is killed (SIGKILL) while a process
+//!   waits in `lock()`: µs until the waiter holds the lock with
+//!   `OwnerDied` (`EOWNERDEAD`), median of 20 trials. Only robust locks
+//!   take part (a plain pthread or Boost mutex waits forever).
 //!
 //! Each figure is the best of several runs (the machine is shared and
 //! noisy). Run with `cargo bench --bench locks`. The Boost column needs a
@@ -31,6 +47,12 @@ use shmutils_workspace::{fork, ShmName};
 
 const UNCONTENDED_PAIRS: u64 = 10_000_000;
 const CONTENDED_TOTAL: u64 = 2_000_000;
+/// `contended_many`'s total, divisible by every process count.
+const MANY_TOTAL: u64 = 9_600_000;
+const MANY_PROCS: [u64; 3] = [2, 8, 64];
+/// How long `blocked_wakeups` watches the blocked process.
+const BLOCKED_FOR: Duration = Duration::from_secs(2);
+const DEATH_TRIALS: usize = 20;
 const ROUND_TRIPS: u32 = 100_000;
 const RUNS: usize = 5;
 
@@ -54,6 +76,25 @@ fn segment() -> (ShmName, MappedMemory) {
     (name, m)
 }
 
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes it only.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        set
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, inside the set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}
+
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it only.
     unsafe {
@@ -61,10 +102,6 @@ fn pin_to_cpu(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The three lock implementations measured.
@@ -214,40 +251,85 @@ fn deref_cost(with_check: bool) -> f64 {
     t.as_nanos() as f64 / UNCONTENDED_PAIRS as f64
 }
 
-/// Runs `work` in two forked processes pinned to different CPUs, released
-/// together; returns the time until both finished.
-fn two_processes(m: &MappedMemory, work: impl Fn(usize) -> i32) -> Duration {
+/// Where [`processes`] puts its children.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    /// Each on another CPU (wrapping around the CPUs this process may use).
+    Spread,
+    /// All on the first CPU this process may use.
+    OneCpu,
+    /// Not pinned.
+    Free,
+}
+
+impl Placement {
+    /// The two-process rows' settings: `2cpu` and `1cpu`.
+    fn label(self) -> &'static str {
+        match self {
+            Placement::Spread => "2cpu",
+            Placement::OneCpu => "1cpu",
+            Placement::Free => "free",
+        }
+    }
+
+    /// The Boost peer's CPUS argument.
+    fn boost_arg(self) -> u64 {
+        if self == Placement::OneCpu {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// The value the children of [`processes`] wait for.
+const GO: u32 = 1 << 30;
+
+/// Runs `work` in `n` forked processes placed as `placement` says,
+/// released together; returns the time until all finished.
+fn processes(
+    m: &MappedMemory,
+    n: usize,
+    placement: Placement,
+    work: impl Fn(usize) -> i32,
+) -> Duration {
     let start = m.get::<AtomicU32>(START).unwrap();
     start.store(0, Ordering::SeqCst);
-    let children: Vec<_> = (0..2)
+    let cpus = allowed_cpus();
+    let children: Vec<_> = (0..n)
         .map(|i| {
-            fork(|| {
-                pin_to_cpu(i % cpus());
+            let (cpus, work) = (&cpus, &work);
+            fork(move || {
+                match placement {
+                    Placement::Spread => pin_to_cpu(cpus[i % cpus.len()]),
+                    Placement::OneCpu => pin_to_cpu(cpus[0]),
+                    Placement::Free => {}
+                }
                 start.fetch_add(1, Ordering::SeqCst);
-                while start.load(Ordering::SeqCst) < 100 {
-                    std::hint::spin_loop();
+                while start.load(Ordering::SeqCst) < GO {
+                    std::thread::yield_now();
                 }
                 work(i)
             })
         })
         .collect();
-    while start.load(Ordering::SeqCst) < 2 {
+    while start.load(Ordering::SeqCst) < n as u32 {
         std::thread::yield_now();
     }
     let t0 = Instant::now();
-    start.store(100, Ordering::SeqCst);
+    start.store(GO, Ordering::SeqCst);
     for c in children {
         assert_eq!(c.wait(), 0, "a benchmark child failed");
     }
     t0.elapsed()
 }
 
-fn contended(kind: Kind) -> f64 {
+fn contended(kind: Kind, placement: Placement) -> f64 {
     let (_name, mut m) = segment();
     let t = match kind {
         Kind::Shmutils => {
             m.init(OBJ, Lock::new(0u64)).unwrap();
-            let t = two_processes(&m, |_| {
+            let t = processes(&m, 2, placement, |_| {
                 let l = m.get::<Lock<u64>>(OBJ).unwrap();
                 loop {
                     let Ok(mut g) = l.lock() else { return 1 };
@@ -265,7 +347,7 @@ fn contended(kind: Kind) -> f64 {
         }
         _ => {
             let p = Pthread::init(&m, kind == Kind::PthreadRobust);
-            let t = two_processes(&m, |_| loop {
+            let t = processes(&m, 2, placement, |_| loop {
                 p.lock();
                 // SAFETY: the counter is protected by the held mutex.
                 unsafe {
@@ -285,13 +367,13 @@ fn contended(kind: Kind) -> f64 {
     CONTENDED_TOTAL as f64 / t.as_secs_f64() / 1e6
 }
 
-fn pingpong(kind: Kind) -> f64 {
+fn pingpong(kind: Kind, placement: Placement) -> f64 {
     let (_name, mut m) = segment();
     let t = match kind {
         Kind::Shmutils => {
             m.init(OBJ, Lock::new(0u32)).unwrap();
             m.init(CV, Condvar::new()).unwrap();
-            two_processes(&m, |me| {
+            processes(&m, 2, placement, |me| {
                 let l = m.get::<Lock<u32>>(OBJ).unwrap();
                 let cv = m.get::<Condvar>(CV).unwrap();
                 let me = me as u32;
@@ -308,7 +390,7 @@ fn pingpong(kind: Kind) -> f64 {
         }
         _ => {
             let p = Pthread::init(&m, kind == Kind::PthreadRobust);
-            two_processes(&m, |me| {
+            processes(&m, 2, placement, |me| {
                 let me = me as u64;
                 for _ in 0..ROUND_TRIPS {
                     p.lock();
@@ -330,6 +412,205 @@ fn pingpong(kind: Kind) -> f64 {
     t.as_nanos() as f64 / f64::from(ROUND_TRIPS)
 }
 
+/// `procs` unpinned processes each add `MANY_TOTAL / procs` to one counter
+/// under one lock (Mops/s).
+fn contended_many(kind: Kind, procs: u64) -> f64 {
+    let (_name, mut m) = segment();
+    let each = MANY_TOTAL / procs;
+    let t = match kind {
+        Kind::Shmutils => {
+            m.init(OBJ, Lock::new(0u64)).unwrap();
+            let t = processes(&m, procs as usize, Placement::Free, |_| {
+                let l = m.get::<Lock<u64>>(OBJ).unwrap();
+                for _ in 0..each {
+                    let Ok(mut g) = l.lock() else { return 1 };
+                    *g += 1;
+                }
+                0
+            });
+            assert_eq!(
+                *m.get::<Lock<u64>>(OBJ).unwrap().lock().unwrap(),
+                MANY_TOTAL
+            );
+            t
+        }
+        _ => {
+            let p = Pthread::init(&m, kind == Kind::PthreadRobust);
+            let t = processes(&m, procs as usize, Placement::Free, |_| {
+                for _ in 0..each {
+                    p.lock();
+                    // SAFETY: the counter is protected by the held mutex.
+                    unsafe { *p.counter += 1 };
+                    p.unlock();
+                }
+                0
+            });
+            // SAFETY: every child is gone.
+            assert_eq!(unsafe { *p.counter }, MANY_TOTAL);
+            t
+        }
+    };
+    MANY_TOTAL as f64 / t.as_secs_f64() / 1e6
+}
+
+/// Context switches (voluntary + involuntary) of process `pid` so far.
+fn context_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            matches!(
+                key,
+                "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches"
+            )
+            .then(|| value.trim().parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// Context switches per second of a process blocked in `lock()` while a
+/// live process holds the lock (the holder lets go when the parent says
+/// so, and both exit normally).
+fn blocked_wakeups(kind: Kind) -> f64 {
+    let (_name, mut m) = segment();
+    if kind == Kind::Shmutils {
+        m.init(OBJ, Lock::new(0u64)).unwrap();
+    }
+    let p = (kind != Kind::Shmutils).then(|| Pthread::init(&m, kind == Kind::PthreadRobust));
+    let flag = m.get::<AtomicU32>(START).unwrap();
+    flag.store(0, Ordering::SeqCst);
+    let lock = || m.get::<Lock<u64>>(OBJ).unwrap();
+    let holder = fork(|| {
+        let g = match &p {
+            None => Some(lock().lock().unwrap()),
+            Some(p) => {
+                p.lock();
+                None
+            }
+        };
+        flag.store(1, Ordering::SeqCst);
+        while flag.load(Ordering::SeqCst) != 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(g);
+        if let Some(p) = &p {
+            p.unlock();
+        }
+        0
+    });
+    while flag.load(Ordering::SeqCst) != 1 {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let waiter = fork(|| {
+        match &p {
+            None => drop(lock().lock().unwrap()),
+            Some(p) => {
+                p.lock();
+                p.unlock();
+            }
+        }
+        0
+    });
+    std::thread::sleep(Duration::from_millis(100)); // let it settle
+    let before = context_switches(waiter.pid());
+    std::thread::sleep(BLOCKED_FOR);
+    let after = context_switches(waiter.pid());
+    flag.store(2, Ordering::SeqCst);
+    assert_eq!(holder.wait(), 0, "the holder failed");
+    assert_eq!(waiter.wait(), 0, "the waiter failed");
+    (after - before) as f64 / BLOCKED_FOR.as_secs_f64()
+}
+
+/// CLOCK_MONOTONIC in ns: one clock for every process.
+fn monotonic_ns() -> u64 {
+    // SAFETY: `ts` is a valid out-pointer.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// µs from SIGKILL of the holder until a waiter blocked in `lock()` holds
+/// the lock with `OwnerDied` / `EOWNERDEAD`, median of [`DEATH_TRIALS`].
+fn owner_died_latency(kind: Kind) -> Option<f64> {
+    if kind == Kind::Pthread {
+        return None; // a plain mutex never reports its owner's death
+    }
+    let (_name, mut m) = segment();
+    let mut latencies = Vec::with_capacity(DEATH_TRIALS);
+    for trial in 0..DEATH_TRIALS {
+        if kind == Kind::Shmutils {
+            m.init(OBJ, Lock::new(0u64)).unwrap();
+        }
+        let p = (kind != Kind::Shmutils).then(|| Pthread::init(&m, true));
+        let flag = m.get::<AtomicU32>(START).unwrap();
+        flag.store(0, Ordering::SeqCst);
+        // The waiter's time of recovery goes after the counter.
+        let done = m.get::<std::sync::atomic::AtomicU64>(CV - 64).unwrap();
+        done.store(0, Ordering::SeqCst);
+        let lock = || m.get::<Lock<u64>>(OBJ).unwrap();
+        let holder = fork(|| {
+            let g = match &p {
+                None => Some(lock().lock().unwrap()),
+                Some(p) => {
+                    p.lock();
+                    None
+                }
+            };
+            flag.store(1, Ordering::SeqCst);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                black_box(&g);
+            }
+        });
+        while flag.load(Ordering::SeqCst) != 1 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let waiter = fork(|| match &p {
+            None => match lock().lock() {
+                Err(shmutils::LockError::OwnerDied(g)) => {
+                    done.store(monotonic_ns(), Ordering::SeqCst);
+                    g.mark_consistent();
+                    0
+                }
+                _ => 1,
+            },
+            Some(p) => {
+                // SAFETY: an initialised robust process-shared mutex.
+                let r = unsafe { libc::pthread_mutex_lock(p.mutex) };
+                if r != libc::EOWNERDEAD {
+                    return 1;
+                }
+                done.store(monotonic_ns(), Ordering::SeqCst);
+                // SAFETY: we hold the mutex (EOWNERDEAD gives it to us).
+                unsafe {
+                    libc::pthread_mutex_consistent(p.mutex);
+                    libc::pthread_mutex_unlock(p.mutex);
+                }
+                0
+            }
+        });
+        // The waiter blocks; the kill then lands at evenly spread points of
+        // its poll period (a fixed delay would be in phase with its 5 ms
+        // sleeps, and always land just before one ends).
+        let jitter = Duration::from_millis(5) * trial as u32 / DEATH_TRIALS as u32;
+        std::thread::sleep(Duration::from_millis(20) + jitter);
+        let killed_at = monotonic_ns();
+        holder.kill();
+        assert_eq!(
+            waiter.wait_timeout(Duration::from_secs(10)),
+            Ok(0),
+            "the waiter did not get OwnerDied"
+        );
+        latencies.push(done.load(Ordering::SeqCst).saturating_sub(killed_at) as f64 / 1e3);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Some(latencies[latencies.len() / 2])
+}
+
 fn best(lower_is_better: bool, f: impl Fn() -> f64) -> f64 {
     let runs = (0..RUNS).map(|_| f());
     if lower_is_better {
@@ -339,19 +620,25 @@ fn best(lower_is_better: bool, f: impl Fn() -> f64) -> f64 {
     }
 }
 
-/// The best of [`RUNS`] runs of the Boost peer's `name` workload (`n`
-/// iterations, a fresh segment each run, like the Rust runs); `None` if the
-/// peer is unavailable or a run failed.
-fn best_boost(peer: &boost::Boost, lower_is_better: bool, name: &str, n: u64) -> Option<f64> {
-    let mut runs = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        runs.push(peer.run(name, n)?.get(name)?);
+/// The best of `runs` runs of the Boost peer's `cmd` workload (a fresh
+/// segment each run, like the Rust runs); `None` if the peer is
+/// unavailable or a run failed.
+fn best_boost(
+    peer: &boost::Boost,
+    lower_is_better: bool,
+    runs: usize,
+    cmd: &str,
+    args: &[u64],
+) -> Option<f64> {
+    let mut values = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        values.push(peer.run_args(cmd, args)?.get(cmd)?);
     }
-    let runs = runs.into_iter();
+    let values = values.into_iter();
     Some(if lower_is_better {
-        runs.fold(f64::INFINITY, f64::min)
+        values.fold(f64::INFINITY, f64::min)
     } else {
-        runs.fold(0.0, f64::max)
+        values.fold(0.0, f64::max)
     })
 }
 
@@ -408,73 +695,172 @@ fn notify_after_killed_sleepers() -> (f64, f64, f64) {
     (idle, healed, first)
 }
 
+/// One line of the table.
+struct Row {
+    name: String,
+    unit: &'static str,
+    lower: bool,
+    /// One run for `kind`; `None` where that lock cannot take part.
+    ours: Box<dyn Fn(Kind) -> Option<f64>>,
+    /// The Boost peer's subcommand and its arguments, if it has one.
+    boost: Option<(&'static str, Vec<u64>)>,
+    /// One run instead of [`RUNS`].
+    once: bool,
+    target: &'static str,
+}
+
+fn rows() -> Vec<Row> {
+    let mut rows = vec![
+        Row {
+            name: "lock_uncontended".into(),
+            unit: "ns/pair",
+            lower: true,
+            ours: Box::new(|k| Some(uncontended(k))),
+            boost: Some(("lock_uncontended", vec![UNCONTENDED_PAIRS])),
+            once: false,
+            target: "ratio <= 1",
+        },
+        Row {
+            name: "lock_write_unlock".into(),
+            unit: "ns/pair",
+            lower: true,
+            ours: Box::new(|k| Some(write_unlock(k))),
+            boost: Some(("lock_write_unlock", vec![UNCONTENDED_PAIRS])),
+            once: false,
+            target: "ratio <= 1",
+        },
+    ];
+    for placement in [Placement::Spread, Placement::OneCpu] {
+        rows.push(Row {
+            name: format!("lock_contended {}", placement.label()),
+            unit: "Mops/s",
+            lower: false,
+            ours: Box::new(move |k| Some(contended(k, placement))),
+            boost: Some((
+                "lock_contended",
+                vec![CONTENDED_TOTAL, placement.boost_arg()],
+            )),
+            once: false,
+            target: "ratio >= 1",
+        });
+    }
+    for placement in [Placement::Spread, Placement::OneCpu] {
+        rows.push(Row {
+            name: format!("pingpong {}", placement.label()),
+            unit: "ns/trip",
+            lower: true,
+            ours: Box::new(move |k| Some(pingpong(k, placement))),
+            boost: Some((
+                "pingpong",
+                vec![u64::from(ROUND_TRIPS), placement.boost_arg()],
+            )),
+            once: false,
+            target: if placement == Placement::OneCpu {
+                "ratio <= 1"
+            } else {
+                "ratio <= 0.05"
+            },
+        });
+    }
+    for procs in MANY_PROCS {
+        rows.push(Row {
+            name: format!("contended_many/{procs}"),
+            unit: "Mops/s",
+            lower: false,
+            ours: Box::new(move |k| Some(contended_many(k, procs))),
+            boost: Some(("contended_many", vec![MANY_TOTAL, procs])),
+            once: false,
+            target: "ratio >= 1, no collapse",
+        });
+    }
+    rows.push(Row {
+        name: "blocked_wakeups".into(),
+        unit: "switch/s",
+        lower: true,
+        ours: Box::new(|k| Some(blocked_wakeups(k))),
+        boost: Some(("blocked_wakeups", vec![BLOCKED_FOR.as_millis() as u64])),
+        once: true,
+        target: "0 (owner-death event: issue 10)",
+    });
+    rows.push(Row {
+        name: "owner_died_latency".into(),
+        unit: "us",
+        lower: true,
+        ours: Box::new(owner_died_latency),
+        boost: None,
+        once: true,
+        target: "vs robust <= 1 (issue 10)",
+    });
+    rows
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and friends
     }
     let peer = boost::Boost::new();
     println!(
-        "locks benchmark: best of {RUNS} runs, {} CPUs; ratio = shmutils / pthread (plain), \
-         vs boost = shmutils / Boost.Interprocess",
-        cpus()
+        "locks benchmark: best of {RUNS} runs, CPUs {:?}; ratio = shmutils / pthread (plain), \
+         vs robust = shmutils / pthread robust, vs boost = shmutils / Boost.Interprocess",
+        allowed_cpus()
     );
     println!(
-        "{:<18} {:>8} {:>10} {:>10} {:>15} {:>10} {:>7} {:>8}  target",
-        "workload", "unit", "shmutils", "pthread", "pthread robust", "boost", "ratio", "vs boost"
+        "{:<22} {:>9} {:>10} {:>10} {:>15} {:>10} {:>7} {:>9} {:>8}  target",
+        "workload",
+        "unit",
+        "shmutils",
+        "pthread",
+        "pthread robust",
+        "boost",
+        "ratio",
+        "vs robust",
+        "vs boost"
     );
-    type Row = (
-        &'static str,
-        &'static str,
-        bool,
-        fn(Kind) -> f64,
-        u64,
-        &'static str,
-    );
-    let rows: [Row; 4] = [
-        (
-            "lock_uncontended",
-            "ns/pair",
-            true,
-            uncontended,
-            UNCONTENDED_PAIRS,
-            "ratio <= 1",
-        ),
-        (
-            "lock_write_unlock",
-            "ns/pair",
-            true,
-            write_unlock,
-            UNCONTENDED_PAIRS,
-            "ratio <= 1",
-        ),
-        (
-            "lock_contended",
-            "Mops/s",
-            false,
-            contended,
-            CONTENDED_TOTAL,
-            "ratio >= 1",
-        ),
-        (
-            "pingpong",
-            "ns/trip",
-            true,
-            pingpong,
-            u64::from(ROUND_TRIPS),
-            "ratio <= 0.05",
-        ),
-    ];
-    for (name, unit, lower, f, count, target) in rows {
-        let s = best(lower, || f(Kind::Shmutils));
-        let p = best(lower, || f(Kind::Pthread));
-        let r = best(lower, || f(Kind::PthreadRobust));
-        let b = best_boost(&peer, lower, name, count);
+    // `cargo bench --bench locks -- pingpong` runs the rows whose name
+    // contains `pingpong` (cargo itself passes `--bench`).
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    for row in rows() {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !row.name.contains(f.as_str()))
+        {
+            continue;
+        }
+        let runs = if row.once { 1 } else { RUNS };
+        let best_of = |kind| -> Option<f64> {
+            let mut values = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                values.push((row.ours)(kind)?);
+            }
+            let values = values.into_iter();
+            Some(if row.lower {
+                values.fold(f64::INFINITY, f64::min)
+            } else {
+                values.fold(0.0, f64::max)
+            })
+        };
+        let s = best_of(Kind::Shmutils).expect("shmutils takes part in every row");
+        let p = best_of(Kind::Pthread);
+        let r = best_of(Kind::PthreadRobust);
+        let b = row
+            .boost
+            .as_ref()
+            .and_then(|(cmd, args)| best_boost(&peer, row.lower, runs, cmd, args));
         println!(
-            "{name:<18} {unit:>8} {s:>10.2} {p:>10.2} {r:>15.2} {:>10} {:>7.3} {:>8}  {target}",
+            "{:<22} {:>9} {s:>10.2} {:>10} {:>15} {:>10} {:>7} {:>9} {:>8}  {}",
+            row.name,
+            row.unit,
+            cell(p, 2),
+            cell(r, 2),
             cell(b, 2),
-            s / p,
+            cell(p.map(|p| s / p), 3),
+            cell(r.map(|r| s / r), 3),
             cell(b.map(|b| s / b), 3),
+            row.target,
         );
+    }
+    if filter.is_some() {
+        return;
     }
     let (idle, healed, first) = notify_after_killed_sleepers();
     println!(

@@ -7,7 +7,7 @@ mod lock_support;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lock_support::{segment, wait_until};
+use lock_support::{pin_to_one_cpu, segment, wait_until};
 use shmutils::{Condvar, Lock};
 use shmutils_workspace::fork;
 
@@ -21,12 +21,25 @@ type Mailbox = Lock<[u64; 3]>;
 
 #[test]
 fn producer_and_consumer_processes_hand_10000_tokens_back_and_forth() {
+    hand_tokens(false);
+}
+
+/// On one CPU a waiter must yield to the notifier rather than spin.
+#[test]
+fn producer_and_consumer_on_one_cpu_hand_10000_tokens_back_and_forth() {
+    hand_tokens(true);
+}
+
+fn hand_tokens(one_cpu: bool) {
     let (_name, mut m) = segment("cv-tokens");
     m.init(LOCK, Mailbox::new([0; 3])).unwrap();
     m.init(CV, Condvar::new()).unwrap();
     let lock: &Mailbox = m.get(LOCK).unwrap();
     let cv: &Condvar = m.get(CV).unwrap();
     let producer = fork(|| {
+        if one_cpu {
+            pin_to_one_cpu();
+        }
         for token in 1..=TOKENS {
             let Ok(g) = lock.lock() else { return 1 };
             // Wait until the consumer handed the slot back (empty).
@@ -39,6 +52,9 @@ fn producer_and_consumer_processes_hand_10000_tokens_back_and_forth() {
         0
     });
     let consumer = fork(|| {
+        if one_cpu {
+            pin_to_one_cpu();
+        }
         for expected in 1..=TOKENS {
             let Ok(g) = lock.lock() else { return 1 };
             let Ok(mut g) = cv.wait_while(g, |b| b[0] == 0) else {

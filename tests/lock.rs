@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use lock_support::{await_flag, segment};
+use lock_support::{await_flag, pin_to_one_cpu, segment};
 use shmutils::{Lock, LockError, MappedMemory, RLock, RawLock, RawMutex};
 use shmutils_workspace::fork;
 
@@ -26,12 +26,15 @@ fn count(lock: &Lock<u64>, n: u64) {
     }
 }
 
-fn processes_count_exactly(procs: u64, per_proc: u64) {
+fn processes_count_exactly(procs: u64, per_proc: u64, one_cpu: bool) {
     let (_name, mut m) = segment("lock-procs");
     let lock = m.init(LOCK, Lock::new(0u64)).unwrap();
     let children: Vec<_> = (0..procs)
         .map(|_| {
             fork(|| {
+                if one_cpu {
+                    pin_to_one_cpu();
+                }
                 count(lock, per_proc);
                 0
             })
@@ -45,12 +48,19 @@ fn processes_count_exactly(procs: u64, per_proc: u64) {
 
 #[test]
 fn two_forked_processes_count_exactly() {
-    processes_count_exactly(2, 50_000);
+    processes_count_exactly(2, 50_000, false);
 }
 
 #[test]
 fn four_forked_processes_count_exactly() {
-    processes_count_exactly(4, 25_000);
+    processes_count_exactly(4, 25_000, false);
+}
+
+/// Waiters that share the holder's CPU yield to it and sleep instead of
+/// spinning: still exact.
+#[test]
+fn four_forked_processes_on_one_cpu_count_exactly() {
+    processes_count_exactly(4, 25_000, true);
 }
 
 #[test]

@@ -43,6 +43,7 @@ impl Boost {
 
     /// Runs `boost_peer <cmd> <n>` and parses its output; `None` if the peer
     /// is unavailable or the run failed (which is reported on stdout).
+    #[allow(dead_code)] // used by heap.rs, not by locks.rs
     pub fn run(&self, cmd: &str, n: u64) -> Option<Results> {
         self.run_args(cmd, &[n])
     }

@@ -8,9 +8,17 @@
 //
 //   lock_uncontended N   ns per lock + unlock of an interprocess_mutex
 //   lock_write_unlock N  ns per lock, one write of the counter, unlock
-//   lock_contended TOTAL 2 forked processes count to TOTAL under the mutex
-//   pingpong N           2 forked processes pass a turn N times through
+//   lock_contended TOTAL [CPUS]
+//                        2 forked processes count to TOTAL under the mutex;
+//                        CPUS = 2 (default) pins them to different CPUs, 1
+//                        to the same one
+//   pingpong N [CPUS]    2 forked processes pass a turn N times through
 //                        interprocess_mutex + interprocess_condition
+//   contended_many TOTAL PROCS
+//                        PROCS unpinned forked processes each add
+//                        TOTAL / PROCS to the counter, one at a time
+//   blocked_wakeups MS   context switches per second of a process blocked
+//                        in lock() for MS ms on a mutex a live process holds
 //   alloc_small N        N x allocate + deallocate 64 B, managed_shared_memory
 //   alloc_batch N        N blocks of 16..1024 B, one byte written in each,
 //                        then freed in a shuffled order
@@ -168,6 +176,38 @@ int cpus() {
     return n > 0 ? n : 1;
 }
 
+// The index-th CPU this process may run on (wrapping around).
+int allowed_cpu(int index) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    int n = cpus();
+    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &set) && seen++ == index % n) return cpu;
+    }
+    return 0;
+}
+
+// Context switches (voluntary + involuntary) of a process so far, from
+// /proc/PID/status.
+uint64_t context_switches(pid_t pid) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/status", int(pid));
+    FILE* f = std::fopen(path, "r");
+    if (!f) throw std::runtime_error("cannot read /proc/PID/status");
+    char line[256];
+    uint64_t total = 0;
+    while (std::fgets(line, sizeof line, f)) {
+        unsigned long long v = 0;
+        if (std::sscanf(line, "voluntary_ctxt_switches: %llu", &v) == 1 ||
+            std::sscanf(line, "nonvoluntary_ctxt_switches: %llu", &v) == 1) {
+            total += v;
+        }
+    }
+    std::fclose(f);
+    return total;
+}
+
 bool pin_to_cpu(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -238,26 +278,36 @@ struct LockSegment {
     }
 };
 
-// locks.rs `two_processes`: two forked children pinned to different CPUs,
-// released together; the time from release until both are reaped.
+// Where locks.rs `processes` puts its children.
+enum class Placement { Spread, OneCpu, Free };
+
+constexpr uint32_t GO = 1u << 30;
+
+// locks.rs `processes`: `procs` forked children (pinned to different CPUs,
+// all to one CPU, or not pinned), released together; the time from release
+// until all are reaped.
 template <class F>
-Clock::duration two_processes(std::atomic<uint32_t>& start, F work) {
+Clock::duration processes(std::atomic<uint32_t>& start, int procs, Placement where, F work) {
     start.store(0);
     Children children;
-    int n = cpus();
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < procs; i++) {
         spawn(children, [&, i] {
-            pin_to_cpu(i % n);
+            if (where == Placement::Spread) pin_to_cpu(allowed_cpu(i));
+            if (where == Placement::OneCpu) pin_to_cpu(allowed_cpu(0));
             start.fetch_add(1);
-            while (start.load() < 100) __builtin_ia32_pause();
+            while (start.load() < GO) sched_yield();
             return work(i);
         });
     }
-    while (start.load() < 2) sched_yield();
+    while (start.load() < uint32_t(procs)) sched_yield();
     auto t0 = Clock::now();
-    start.store(100);
+    start.store(GO);
     children.wait_all();
     return Clock::now() - t0;
+}
+
+Placement two_cpus(uint64_t cpus_arg) {
+    return cpus_arg == 1 ? Placement::OneCpu : Placement::Spread;
 }
 
 void lock_uncontended(uint64_t pairs) {
@@ -283,9 +333,9 @@ void lock_write_unlock(uint64_t pairs) {
     std::printf("lock_write_unlock %.3f ns/pair\n", ns_per(Clock::now() - t0, pairs));
 }
 
-void lock_contended(uint64_t total) {
+void lock_contended(uint64_t total, uint64_t cpus_arg) {
     LockSegment s("lock_contended");
-    auto t = two_processes(*s.start, [&](int) {
+    auto t = processes(*s.start, 2, two_cpus(cpus_arg), [&](int) {
         for (;;) {
             bip::scoped_lock<bip::interprocess_mutex> g(*s.mutex);
             if (*s.counter >= total) return 0;
@@ -296,9 +346,9 @@ void lock_contended(uint64_t total) {
     std::printf("lock_contended %.3f Mops/s\n", double(total) / secs(t) / 1e6);
 }
 
-void pingpong(uint64_t trips) {
+void pingpong(uint64_t trips, uint64_t cpus_arg) {
     LockSegment s("pingpong");
-    auto t = two_processes(*s.start, [&](int me) {
+    auto t = processes(*s.start, 2, two_cpus(cpus_arg), [&](int me) {
         uint64_t my = uint64_t(me);
         for (uint64_t i = 0; i < trips; i++) {
             bip::scoped_lock<bip::interprocess_mutex> g(*s.mutex);
@@ -310,6 +360,49 @@ void pingpong(uint64_t trips) {
         return 0;
     });
     std::printf("pingpong %.3f ns/trip\n", ns_per(t, trips));
+}
+
+void contended_many(uint64_t total, uint64_t procs) {
+    if (procs == 0 || procs > 1024 || total % procs != 0) {
+        throw std::runtime_error("contended_many: PROCS must divide TOTAL");
+    }
+    LockSegment s("contended_many");
+    uint64_t each = total / procs;
+    auto t = processes(*s.start, int(procs), Placement::Free, [&](int) {
+        for (uint64_t i = 0; i < each; i++) {
+            bip::scoped_lock<bip::interprocess_mutex> g(*s.mutex);
+            *s.counter += 1;
+        }
+        return 0;
+    });
+    if (*s.counter != total) throw std::runtime_error("contended_many: wrong count");
+    std::printf("contended_many %.3f Mops/s\n", double(total) / secs(t) / 1e6);
+}
+
+void blocked_wakeups(uint64_t ms) {
+    LockSegment s("blocked_wakeups");
+    Children children;  // destroyed first: a failure kills both
+    spawn(children, [&] {
+        s.mutex->lock();  // held until the parent says 2
+        s.start->store(1);
+        while (s.start->load() != 2) usleep(1000);
+        s.mutex->unlock();
+        return 0;
+    });
+    while (s.start->load() != 1) usleep(100);
+    spawn(children, [&] {
+        s.mutex->lock();
+        s.mutex->unlock();
+        return 0;
+    });
+    pid_t waiter = children.pids[1];
+    usleep(100000);  // let it settle into its wait
+    uint64_t before = context_switches(waiter);
+    usleep(useconds_t(ms * 1000));
+    uint64_t after = context_switches(waiter);
+    s.start->store(2);
+    children.wait_all();
+    std::printf("blocked_wakeups %.3f switches/s\n", double(after - before) / (double(ms) / 1e3));
 }
 
 // ---- heap: a 1 GiB managed_shared_memory, like heap.rs's 1 GiB segment ------
@@ -471,8 +564,10 @@ void heap_many(uint64_t total, uint64_t procs) {
 
 int usage() {
     std::fprintf(stderr,
-                 "usage: boost_peer {lock_uncontended|lock_write_unlock|lock_contended|pingpong|"
-                 "alloc_small|alloc_batch} N | alloc_contended N CPUS | heap_many TOTAL PROCS\n");
+                 "usage: boost_peer {lock_uncontended|lock_write_unlock|"
+                 "alloc_small|alloc_batch} N | {lock_contended|pingpong} N [CPUS] | "
+                 "blocked_wakeups MS | alloc_contended N CPUS | {contended_many|heap_many} TOTAL "
+                 "PROCS\n");
     return 2;
 }
 
@@ -491,13 +586,18 @@ int main(int argc, char** argv) {
     uint64_t n = args[0];
     std::string cmd = argv[1];
     bool two = argc == 4;
-    bool wants_two = cmd == "alloc_contended" || cmd == "heap_many";
-    if (two != wants_two) return usage();
+    bool wants_two =
+        cmd == "alloc_contended" || cmd == "heap_many" || cmd == "contended_many";
+    bool may_take_two = wants_two || cmd == "lock_contended" || cmd == "pingpong";
+    if (two ? !may_take_two : wants_two) return usage();
+    uint64_t extra = two ? args[1] : 2;  // CPUS defaults to 2
     try {
         if (cmd == "lock_uncontended") lock_uncontended(n);
         else if (cmd == "lock_write_unlock") lock_write_unlock(n);
-        else if (cmd == "lock_contended") lock_contended(n);
-        else if (cmd == "pingpong") pingpong(n);
+        else if (cmd == "lock_contended") lock_contended(n, extra);
+        else if (cmd == "pingpong") pingpong(n, extra);
+        else if (cmd == "contended_many") contended_many(n, extra);
+        else if (cmd == "blocked_wakeups") blocked_wakeups(n);
         else if (cmd == "alloc_small") alloc_small(n);
         else if (cmd == "alloc_batch") alloc_batch(n);
         else if (cmd == "alloc_contended") alloc_contended(n, args[1]);

@@ -283,6 +283,13 @@ pub(crate) fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
+/// `sched_yield(2)`: lets another runnable thread of this CPU's run queue
+/// go first; returns at once when there is none.
+pub(crate) fn sched_yield() {
+    // SAFETY: sched_yield has no preconditions; on Linux it always succeeds.
+    unsafe { libc::sched_yield() };
+}
+
 /// Whether a thread (or process) with kernel id `tid` exists and has not
 /// exited: the one liveness test of the crate (locks, the directory, the
 /// type table).

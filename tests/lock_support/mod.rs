@@ -58,3 +58,22 @@ pub fn park() -> ! {
 
 /// The bound the issue sets between an owner's death and `OwnerDied`.
 pub const DEATH_BOUND: Duration = Duration::from_millis(50);
+
+/// Pins the calling process to the first CPU it may run on, so that it
+/// shares that CPU with every process pinned the same way (a waiter then
+/// cannot spin its way to the lock: it must yield or sleep).
+pub fn pin_to_one_cpu() {
+    // SAFETY: cpu_set_t is plain data, written by sched_getaffinity and
+    // read by sched_setaffinity; the index is below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .expect("no CPU allowed");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
+    }
+}

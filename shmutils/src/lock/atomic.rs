@@ -24,6 +24,9 @@ pub(crate) trait Atom: Word {
     fn wait_low(&self, low: u32, timeout: Duration) -> bool;
     /// Wakes up to `n` threads sleeping in [`Atom::wait_low`].
     fn wake(&self, n: u32);
+    /// Lets other runnable threads go first (`sched_yield`; the model's
+    /// scheduler under loom).
+    fn yield_cpu();
     /// Sleeps like [`Atom::wait_low`] while `owner()`, a thread of another
     /// process, holds the lock, and also until its token reports its death
     /// (`token.rs`). `Some(true)`: judge the owner now; `Some(false)`: woken
@@ -46,6 +49,9 @@ impl Atom for AtomicU64 {
     }
     fn wake(&self, n: u32) {
         sys::futex_wake_low(self, n);
+    }
+    fn yield_cpu() {
+        sys::sched_yield();
     }
     fn wait_low_watching(
         &self,
@@ -153,5 +159,8 @@ mod loom_impl {
             false
         }
         fn wake(&self, _n: u32) {}
+        fn yield_cpu() {
+            loom::thread::yield_now();
+        }
     }
 }

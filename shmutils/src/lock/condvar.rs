@@ -21,8 +21,9 @@
 //!
 //! A waiter reads `seq` while holding the lock, unlocks, then spins on
 //! `seq` for a few microseconds (a hand-off between running processes is
-//! far cheaper than a futex sleep and wake) before it counts itself in
-//! `sleepers` and sleeps. Spurious wake-ups are possible (`notify_one` may
+//! far cheaper than a futex sleep and wake) if its spins have been paying,
+//! yields the CPU a few times (a notifier on the same CPU runs only then;
+//! see `spin.rs`), and only then counts itself in `sleepers` and sleeps. Spurious wake-ups are possible (`notify_one` may
 //! release every spinning waiter), as with every condition variable; use
 //! [`Condvar::wait_while`]. Garbage in either word costs at most a spurious
 //! wake-up or a needless system call.
@@ -32,7 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::typed::LockGuard;
-use super::LockResult;
+use super::{spin, LockResult};
 use crate::shared::{Fingerprint, Shared};
 use crate::sys;
 
@@ -40,7 +41,7 @@ use crate::sys;
 const COUNT: u32 = (1 << 24) - 1;
 const EPOCH_SHIFT: u32 = 24;
 
-/// How long a waiter spins on the sequence word before it sleeps.
+/// How long a waiter spins on the sequence word when it spins.
 const SPIN_FOR: Duration = Duration::from_micros(20);
 /// The longest a waiter sleeps before it looks at the sequence word again.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
@@ -217,16 +218,35 @@ impl Condvar {
     /// Waits until `seq` moves on from `seen` (or a spurious wake-up, or
     /// `deadline`); returns whether the deadline passed.
     fn block(&self, seen: u32, deadline: Option<Instant>) -> bool {
-        let spin_until = Instant::now() + SPIN_FOR;
-        'spin: loop {
-            for _ in 0..64 {
-                if self.seq.load(Ordering::Relaxed) != seen {
-                    return false;
+        // Relaxed looks: the wait only needs to notice the bump; what the
+        // notifier did is ordered by the lock the caller takes next.
+        let moved = || self.seq.load(Ordering::Relaxed) != seen;
+        // Spin only while this thread's spins have been paying, then yield
+        // a few times (see `spin.rs`: a notifier that shares our CPU runs
+        // only if we let it).
+        if spin::should_spin() {
+            let spin_until = Instant::now() + SPIN_FOR;
+            'spin: loop {
+                for _ in 0..64 {
+                    if moved() {
+                        spin::spin_paid();
+                        return false;
+                    }
+                    spin_loop();
                 }
-                spin_loop();
+                if Instant::now() >= spin_until {
+                    break 'spin;
+                }
             }
-            if Instant::now() >= spin_until {
-                break 'spin;
+            spin::spin_failed();
+        }
+        for _ in 0..spin::YIELDS {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                break;
+            }
+            spin::yield_now(sys::sched_yield);
+            if moved() {
+                return false;
             }
         }
         // Sleep in slices of at most MAX_SLEEP, re-checking `seq` after

@@ -22,8 +22,10 @@
 //! The owner record names the holding thread exactly: process id, thread
 //! id, the thread's kernel start time and its serial in its process, so a
 //! thread that the kernel later gives the same thread id is never taken
-//! for the owner. A thread that cannot get the lock spins briefly, then
-//! sleeps in `futex_wait` for at most 5 ms at a time; after each sleep that
+//! for the owner. A thread that cannot get the lock spins briefly (only
+//! while its spins have been paying: on a CPU it shares with the holder it
+//! yields to it instead), then sleeps in `futex_wait` for at most 5 ms at
+//! a time; after each sleep that
 //! no unlock ended, it asks whether the owner still runs (`/proc`, or for
 //! its own process's threads a registry those threads leave when they
 //! exit). `try_lock` and an expiring `lock_timeout` ask at once (a read of
@@ -70,6 +72,7 @@
 mod atomic;
 mod condvar;
 mod raw;
+mod spin;
 pub(crate) mod token;
 mod typed;
 mod word;

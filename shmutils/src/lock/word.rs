@@ -112,7 +112,7 @@ use std::time::{Duration, Instant};
 
 use super::atomic::{Atom, Kernel, Liveness, Oracle, Owner};
 use super::token::{Watch, WATCH_POLL};
-use super::LockError;
+use super::{spin, LockError};
 pub(crate) use crate::process::current_identity;
 use crate::process::ThreadIdentity;
 
@@ -129,7 +129,7 @@ pub(crate) const TID_MASK: u64 = (1 << 22) - 1;
 
 /// How long a blocked waiter sleeps before it checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
-/// How many times a contended `lock` polls the word before it sleeps
+/// How many times a contended `lock` polls the word when it spins
 /// (about 8 µs in all; measured in `benches/locks.rs`: polling every
 /// iteration halves contended throughput, not spinning at all triples the
 /// ping-pong round trip). Loom explores one poll.
@@ -341,23 +341,8 @@ impl<A: Atom> Word<A> {
         oracle: &O,
         deadline: Deadline,
     ) -> Result<(), LockError<()>> {
-        if !matches!(deadline, Deadline::Now) {
-            // Adaptive spin: the owner is probably running and about to
-            // release; a futex sleep/wake round trip costs far more. The gap
-            // between looks doubles (bounded), so a spinner steals the
-            // owner's cache line only a few times.
-            for round in 0..SPIN_ROUNDS {
-                for _ in 0..(1u32 << round).min(MAX_GAP) {
-                    spin_loop();
-                }
-                let w = self.load();
-                if clean_unlocked(w) && self.try_from(w, me) {
-                    return Ok(());
-                }
-                if w & WAITERS != 0 {
-                    break; // others already sleep: join them
-                }
-            }
+        if !matches!(deadline, Deadline::Now) && self.spin_then_yield(me) {
+            return Ok(());
         }
         let mut slept = false;
         // try_lock looks at the owner at once; blocking calls after a slice.
@@ -468,6 +453,48 @@ impl<A: Atom> Word<A> {
                 check_owner = true;
             }
         }
+    }
+
+    /// What a blocking acquisition does before it sleeps (see `spin.rs`):
+    /// spin if this thread's spins have been paying (the owner is probably
+    /// running on another CPU and about to release; a futex sleep and
+    /// wake-up cost far more), then yield the CPU a few times (an owner
+    /// that cannot run while we spin runs now). Stops early when others
+    /// already sleep: then it joins them. Returns whether it took the lock.
+    fn spin_then_yield(&self, me: &ThreadIdentity) -> bool {
+        // Each look loads the state and, if it is free, tries to take it.
+        // No ordering of its own: `try_from` is the acquiring CAS.
+        let look = || {
+            let w = self.load();
+            (clean_unlocked(w) && self.try_from(w, me), w & WAITERS != 0)
+        };
+        if spin::should_spin() {
+            // The gap between looks doubles (bounded), so a spinner steals
+            // the owner's cache line only a few times.
+            for round in 0..SPIN_ROUNDS {
+                for _ in 0..(1u32 << round).min(MAX_GAP) {
+                    spin_loop();
+                }
+                match look() {
+                    (true, _) => {
+                        spin::spin_paid();
+                        return true;
+                    }
+                    (false, true) => return false,
+                    (false, false) => {}
+                }
+            }
+            spin::spin_failed();
+        }
+        for _ in 0..spin::YIELDS {
+            spin::yield_now(A::yield_cpu);
+            match look() {
+                (true, _) => return true,
+                (false, true) => return false,
+                (false, false) => {}
+            }
+        }
+        false
     }
 
     /// Decides about the owner of the locked state `v` (see "Owner death"
