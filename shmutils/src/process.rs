@@ -60,12 +60,14 @@ unsafe extern "C" fn after_fork_in_child() {
         slot.store(0, Ordering::Relaxed);
     }
     GENERATION.fetch_add(1, Ordering::Relaxed);
+    // The forking thread's cached registry slot is its parent's.
+    crate::registry::local::forget_in_child();
 }
 
 /// Registers [`after_fork_in_child`] if no thread has yet, without waiting
 /// for a thread that is registering it. Returns whether it is registered.
 #[inline(always)]
-fn fork_handler_registered() -> bool {
+pub(crate) fn fork_handler_registered() -> bool {
     // Acquire: pairs with the Release store in `register_fork_handler`, so
     // whoever sees REGISTERED caches only after the handler that resets it
     // exists.

@@ -123,13 +123,18 @@ const fn mirror_at() -> [usize; NCACHED + 1] {
 /// mirror's top and that its word is a free word of this cache (a peer may
 /// have changed either), and falls back to the checked path otherwise.
 pub(crate) struct Mirror {
+    /// The slot (in the segment's mapping) and its custody number.
+    pub(crate) slot: *const Slot,
+    pub(crate) custody: u8,
     len: [u16; NCACHED],
     blocks: [(u64, *const AtomicU64); MIRROR_AT[NCACHED]],
 }
 
 impl Mirror {
-    pub(crate) fn new() -> Mirror {
+    pub(crate) fn new(slot: &Slot, custody: u8) -> Mirror {
         Mirror {
+            slot,
+            custody,
             len: [0; NCACHED],
             blocks: [(0, std::ptr::null()); MIRROR_AT[NCACHED]],
         }
@@ -166,7 +171,7 @@ impl<'s> SharedHeap<'s> {
         ty: u32,
         private: bool,
     ) -> Option<(u64, &'s AtomicU64)> {
-        let s = l.slot;
+        let s = l.slot();
         let hw = &s.heads[c];
         let h = hw.load(Ordering::Relaxed);
         let off = first_of(h);
@@ -189,7 +194,10 @@ impl<'s> SharedHeap<'s> {
             }
         };
         m.len[c] -= 1;
-        let Some(next) = meta::held_link(word.load(Ordering::Relaxed), off, l.custody) else {
+        // The word's address is the block's (the mirror's): state and
+        // custody decide, no seal needed.
+        let Some(next) = meta::held_link_at_own_word(word.load(Ordering::Relaxed), l.custody())
+        else {
             m.len[c] = 0;
             return self.cache_pop_checked(l, c, ty, private);
         };
@@ -205,7 +213,7 @@ impl<'s> SharedHeap<'s> {
         ty: u32,
         private: bool,
     ) -> Option<(u64, &'s AtomicU64)> {
-        let hw = &l.slot.heads[c];
+        let hw = &l.slot().heads[c];
         let h = hw.load(Ordering::Relaxed);
         let off = first_of(h);
         if off == 0 {
@@ -216,7 +224,7 @@ impl<'s> SharedHeap<'s> {
             .filter(|b| b.class == c && b.start == off)
             .and_then(|b| self.meta_word(b))
             .and_then(|w| {
-                meta::held_link(w.load(Ordering::Relaxed), off, l.custody).map(|n| (w, n))
+                meta::held_link(w.load(Ordering::Relaxed), off, l.custody()).map(|n| (w, n))
             });
         let Some((word, next)) = found else {
             // A peer scribbled over the list (or its head): leak the rest
@@ -225,7 +233,7 @@ impl<'s> SharedHeap<'s> {
             hw.store(0, Ordering::Relaxed);
             return None;
         };
-        Some(self.cache_take(l.slot, hw, h, off, next, word, ty, private))
+        Some(self.cache_take(l.slot(), hw, h, off, next, word, ty, private))
     }
 
     /// Takes the block `off` (whose word `word` said "free in this cache,
@@ -271,7 +279,7 @@ impl<'s> SharedHeap<'s> {
     /// not `expect`).
     #[inline(always)]
     pub(crate) fn cache_push(&self, l: Local<'s>, b: Block, expect: Option<u64>) -> Result<bool> {
-        let s = l.slot;
+        let s = l.slot();
         let hw = &s.heads[b.class];
         let h = hw.load(Ordering::Relaxed);
         let count = h >> 40;
@@ -293,7 +301,7 @@ impl<'s> SharedHeap<'s> {
         // that way: every claim is a CAS from an exact free word. Release:
         // the record before the word changes (for a reaper).
         word.store(
-            meta::held(b.start, first_of(h), l.custody),
+            meta::held(b.start, first_of(h), l.custody()),
             Ordering::Release,
         );
         hw.store(head_word(b.start, count + 1), Ordering::Release);
@@ -569,13 +577,8 @@ mod tests {
     const DEAD: u64 = 0x3f_fff0;
 
     /// A slot of `heap`'s registry claimed for a dead thread, with a cache
-    /// of `n` 64-byte blocks (freed into it through the cache path), and
-    /// a mirror the caller keeps alive.
-    fn dead_cache<'s>(
-        heap: &SharedHeap<'s>,
-        n: usize,
-        mirror: &mut Mirror,
-    ) -> (Local<'s>, Vec<u64>) {
+    /// of `n` 64-byte blocks (freed into it through the cache path).
+    fn dead_cache<'s>(heap: &SharedHeap<'s>, n: usize) -> (Local<'s>, Vec<u64>) {
         let reg = heap.registry();
         let s = reg
             .claim(
@@ -584,11 +587,11 @@ mod tests {
                 0,
             )
             .unwrap();
-        let l = Local {
-            slot: s,
-            custody: heap.custody(s),
-            mirror: NonNull::from(mirror),
-        };
+        // Leaked: a test's few mirrors.
+        let mirror = Box::leak(Box::new(Mirror::new(s, heap.custody(s))));
+        // SAFETY: this thread's own mirror (leaked: it lives for ever) of
+        // a slot of the region, which lives as long as `heap`.
+        let l = unsafe { Local::new(NonNull::from(mirror)) };
         let layout = Layout::from_size_align(64, 8).unwrap();
         let offs: Vec<u64> = (0..n)
             .map(|_| heap.alloc(layout).unwrap().offset())
@@ -608,41 +611,43 @@ mod tests {
     fn a_reaper_puts_back_a_block_a_dead_thread_was_taking() {
         let region = TestRegion::new(1 << 20);
         let heap = region.heap();
-        let mut mirror = Mirror::new();
-        let (l, offs) = dead_cache(&heap, 4, &mut mirror);
+        let (l, offs) = dead_cache(&heap, 4);
         let c = class64();
         // Died between moving the head and claiming the word: the block is
         // free and in no list.
-        let h = l.slot.heads[c].load(Ordering::Relaxed);
+        let h = l.slot().heads[c].load(Ordering::Relaxed);
         let top = first_of(h);
         assert_eq!(top, offs[3]);
         let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
-        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody).unwrap();
-        l.slot.inflight.store(top, Ordering::Relaxed);
-        l.slot.heads[c].store(head_word(next, 3), Ordering::Relaxed);
+        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody()).unwrap();
+        l.slot().inflight.store(top, Ordering::Relaxed);
+        l.slot().heads[c].store(head_word(next, 3), Ordering::Relaxed);
         assert_eq!(heap.check().leaked_blocks, 1);
         assert_eq!(heap.reap_dead(), 1);
         let r = heap.check();
         assert!(r.is_clean(), "{r}");
         assert_eq!((r.cached_blocks, heap.stats().in_use_blocks), (4, 0));
-        assert_eq!(l.slot.owner.load(Ordering::Relaxed), 0, "the slot is free");
+        assert_eq!(
+            l.slot().owner.load(Ordering::Relaxed),
+            0,
+            "the slot is free"
+        );
     }
 
     #[test]
     fn a_reaper_leaves_a_block_a_dead_thread_had_claimed() {
         let region = TestRegion::new(1 << 20);
         let heap = region.heap();
-        let mut mirror = Mirror::new();
-        let (l, _) = dead_cache(&heap, 4, &mut mirror);
+        let (l, _) = dead_cache(&heap, 4);
         let c = class64();
         // Died after claiming, before clearing the record: the block is
         // the dead thread's (allocated, never published): it stays so.
-        let h = l.slot.heads[c].load(Ordering::Relaxed);
+        let h = l.slot().heads[c].load(Ordering::Relaxed);
         let top = first_of(h);
         let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
-        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody).unwrap();
-        l.slot.inflight.store(top, Ordering::Relaxed);
-        l.slot.heads[c].store(head_word(next, 3), Ordering::Relaxed);
+        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody()).unwrap();
+        l.slot().inflight.store(top, Ordering::Relaxed);
+        l.slot().heads[c].store(head_word(next, 3), Ordering::Relaxed);
         w.store(meta::allocated(meta::RAW, top, false), Ordering::Relaxed);
         assert_eq!(heap.reap_dead(), 1);
         let r = heap.check();
@@ -650,11 +655,7 @@ mod tests {
         assert_eq!((r.cached_blocks, heap.stats().in_use_blocks), (3, 1));
         // Killed before moving the head: the record names the block still
         // first in the list; nothing moves.
-        let (l2, _) = {
-            let mut m2 = Mirror::new();
-            let got = dead_cache(&heap, 2, &mut m2);
-            (got.0.slot, got.1)
-        };
+        let l2 = dead_cache(&heap, 2).0.slot();
         let top2 = first_of(l2.heads[c].load(Ordering::Relaxed));
         l2.inflight.store(top2, Ordering::Relaxed);
         assert_eq!(heap.reap_dead(), 1);
@@ -667,26 +668,25 @@ mod tests {
     fn a_reaper_puts_back_a_block_a_dead_thread_was_freeing() {
         let region = TestRegion::new(1 << 20);
         let heap = region.heap();
-        let mut mirror = Mirror::new();
-        let (l, _) = dead_cache(&heap, 2, &mut mirror);
+        let (l, _) = dead_cache(&heap, 2);
         let c = class64();
         let x = heap
             .alloc(Layout::from_size_align(64, 8).unwrap())
             .unwrap()
             .offset();
         // Died after freeing the word, before pushing it: free, in no list.
-        let h = l.slot.heads[c].load(Ordering::Relaxed);
+        let h = l.slot().heads[c].load(Ordering::Relaxed);
         let w = heap.meta_word(heap.block_at(x).unwrap()).unwrap();
-        l.slot.inflight.store(x, Ordering::Relaxed);
-        w.store(meta::held(x, first_of(h), l.custody), Ordering::Relaxed);
+        l.slot().inflight.store(x, Ordering::Relaxed);
+        w.store(meta::held(x, first_of(h), l.custody()), Ordering::Relaxed);
         assert_eq!(heap.check().leaked_blocks, 1);
         assert_eq!(heap.reap_dead(), 1);
         let r = heap.check();
         assert!(r.is_clean(), "{r}");
         assert_eq!((r.cached_blocks, heap.stats().in_use_blocks), (3, 0));
         // Settling twice (a reaper killed in settle) changes nothing more.
-        l.slot.inflight.store(x, Ordering::Relaxed);
-        heap.settle(l.slot, heap.registry());
+        l.slot().inflight.store(x, Ordering::Relaxed);
+        heap.settle(l.slot(), heap.registry());
         let again = heap.check();
         assert!(again.is_clean(), "{again}");
         assert_eq!(again.cached_blocks, 3);
@@ -708,14 +708,13 @@ mod tests {
             })
             .unwrap();
         let head = heap.head(shard, c).load(Ordering::Relaxed);
-        let mut mirror = Mirror::new();
-        let (l, _) = dead_cache(&heap, 0, &mut mirror);
+        let (l, _) = dead_cache(&heap, 0);
         let record = |seen: u64| {
-            l.slot
+            l.slot()
                 .pop_where
                 .store((c as u64) << 8 | shard as u64, Ordering::Relaxed);
-            l.slot.pop_seen.store(seen, Ordering::Relaxed);
-            l.slot
+            l.slot().pop_seen.store(seen, Ordering::Relaxed);
+            l.slot()
                 .pop_off
                 .store(super::super::stack::head_offset(head), Ordering::Relaxed);
         };
@@ -724,7 +723,7 @@ mod tests {
         assert_eq!(heap.reap_dead(), 1);
         assert_eq!(heap.registry().stats().unresolved, 0);
         // The list moved on and the block is still free: unattributable.
-        let (l, _) = dead_cache(&heap, 0, &mut mirror);
+        let (l, _) = dead_cache(&heap, 0);
         let _ = l;
         record(head ^ (1 << 40));
         assert_eq!(heap.reap_dead(), 1);

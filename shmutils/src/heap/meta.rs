@@ -127,6 +127,16 @@ pub(crate) fn free_link(w: u64, offset: u64) -> Option<u64> {
     held_link(w, offset, 0)
 }
 
+/// The link of a free word of custody `custody` read at a location known
+/// to be the block's meta word (a cache's mirror): the state and custody
+/// are checked, the seal (which catches a word read for the wrong block)
+/// is not.
+#[inline]
+pub(crate) fn held_link_at_own_word(w: u64, custody: u8) -> Option<u64> {
+    (w & (ALLOC | FREE | 0xff << CUSTODY_SHIFT) == FREE | u64::from(custody) << CUSTODY_SHIFT)
+        .then_some((w & LINK_MASK) * super::class::GRANULE)
+}
+
 /// The link of a free block's word of custody `custody`, `None` for any
 /// other state or custody.
 #[inline]

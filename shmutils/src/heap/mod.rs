@@ -551,7 +551,7 @@ impl<'s> SharedHeap<'s> {
     /// [`Error::OutOfMemory`]; [`Error::InvalidArgument`] for an alignment
     /// above 4096; [`Error::HeapCorrupt`] if a peer corrupted the free lists
     /// beyond what one allocation skips.
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&self, layout: Layout) -> Result<RelPtr<u8>> {
         self.alloc_as(layout, meta::RAW, false)
             .map(|(off, _)| RelPtr::from_heap(off))
@@ -593,7 +593,7 @@ impl<'s> SharedHeap<'s> {
                 if let Some(got) = self.cache_pop(l, c, ty, private) {
                     return Ok(got);
                 }
-                return self.refill(l.slot, c, ty, private, layout);
+                return self.refill(l.slot(), c, ty, private, layout);
             }
         }
         let shard = current_shard();
@@ -866,7 +866,7 @@ impl<'s> SharedHeap<'s> {
     /// the middle of a block; [`Error::WrongLayout`] for a layout of another
     /// class; [`Error::DoubleFree`] for a block that is not allocated. The
     /// heap is unchanged in every case.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free(&self, ptr: RelPtr<u8>, layout: Layout) -> Result<()> {
         let off = ptr.offset();
         // A match rather than `checked_block(..)?`: the block stays in
@@ -951,13 +951,18 @@ impl<'s> SharedHeap<'s> {
                 }
             }
         }
-        self.release_shared(b, expect)
+        self.release_shared(b.start, expect)
     }
 
-    /// Frees an allocated block onto this thread's shard of the shared
-    /// lists.
+    /// Frees the allocated block at `off` (the start of a block, checked
+    /// by the caller) onto this thread's shard of the shared lists. Takes
+    /// the offset rather than the `Block`, which would be spilled to the
+    /// stack on the cache path, and finds the block again.
     #[inline(never)]
-    fn release_shared(&self, b: Block, expect: Option<u64>) -> Result<()> {
+    fn release_shared(&self, off: u64, expect: Option<u64>) -> Result<()> {
+        let Some(b) = self.block_at(off).filter(|b| b.start == off) else {
+            return Err(Error::DoubleFree { offset: off });
+        };
         let word = self.unclaim(b, expect)?;
         if stack::push_chain(self.head(current_shard(), b.class), b.start, b.start, word) {
             move_shard();

@@ -161,24 +161,52 @@ unsafe impl Send for Attachment {}
 // SAFETY: as for Send.
 unsafe impl Sync for Attachment {}
 
-/// What the allocation path needs of the calling thread's slot: the slot,
-/// its custody number (`heap/meta.rs`) and this thread's mirror of its
-/// cache (`heap/cache.rs`).
+/// What the allocation path needs of the calling thread's slot: its
+/// mirror (`heap/cache.rs`), which also names the slot and its custody
+/// number (`heap/meta.rs`). One pointer, so it stays in a register.
 #[derive(Clone, Copy)]
 pub(crate) struct Local<'s> {
-    pub(crate) slot: &'s Slot,
-    pub(crate) custody: u8,
     /// Owned by this thread's entry in `HELD`; only this thread uses it.
     pub(crate) mirror: NonNull<Mirror>,
+    _slot: std::marker::PhantomData<&'s Slot>,
+}
+
+impl<'s> Local<'s> {
+    /// `mirror` as this thread's view of its slot.
+    ///
+    /// # Safety
+    /// `mirror` must be this thread's own, for a slot (`Mirror::slot`) in a
+    /// registry that stays mapped for `'s`, and only this thread may use
+    /// it.
+    pub(crate) unsafe fn new(mirror: NonNull<Mirror>) -> Local<'s> {
+        Local {
+            mirror,
+            _slot: std::marker::PhantomData,
+        }
+    }
+
+    /// The slot.
+    #[inline(always)]
+    pub(crate) fn slot(self) -> &'s Slot {
+        // SAFETY: `new`'s contract: the mirror names a slot of a registry
+        // mapped for 's; reading its two plain fields races nothing (only
+        // this thread writes them, before handing the mirror out).
+        unsafe { &*(*self.mirror.as_ptr()).slot }
+    }
+
+    /// The custody number of the slot's cached blocks.
+    #[inline(always)]
+    pub(crate) fn custody(self) -> u8 {
+        // SAFETY: as in slot().
+        unsafe { (*self.mirror.as_ptr()).custody }
+    }
 }
 
 /// `LAST` when it names nothing.
 const NO_LAST: Last = Last {
     id: 0,
     generation: 0,
-    slot: std::ptr::null(),
     mirror: std::ptr::null_mut(),
-    custody: 0,
 };
 
 #[derive(Clone, Copy)]
@@ -186,9 +214,17 @@ struct Last {
     id: u64,
     generation: u64,
     /// Null: "no slot was free, retry later".
-    slot: *const Slot,
     mirror: *mut Mirror,
-    custody: u8,
+}
+
+/// Whether the fork handler (process.rs) resets `LAST` in a forked child.
+static FORK_RESETS: AtomicBool = AtomicBool::new(false);
+
+/// Called by the fork handler in a forked child, on the forking thread
+/// (the child's only thread): its `LAST` named its parent's slot. Only a
+/// plain thread-local store: async-signal-safe.
+pub(crate) fn forget_in_child() {
+    let _ = LAST.try_with(|l| l.set(NO_LAST));
 }
 
 thread_local! {
@@ -205,9 +241,9 @@ struct Entry {
     att: Arc<Attachment>,
     /// The slot's index in the registry.
     index: usize,
-    /// The slot in the segment's mapping (used only while it lives).
-    slot: *const Slot,
     generation: u64,
+    /// Also names the slot in the segment's mapping (used only while it
+    /// lives).
     mirror: Box<Mirror>,
 }
 
@@ -247,6 +283,9 @@ impl Attachment {
         // and an attachment leaves ATTACHED before its mapping goes), so
         // the token is mapped as long as the lock is borrowed.
         RESOLVER.call_once(|| unsafe { token::set_resolver(resolve) });
+        if process::fork_handler_registered() {
+            FORK_RESETS.store(true, Ordering::Relaxed);
+        }
         // SAFETY: the slots follow the 64-byte header inside the registry
         // (the caller's contract).
         let slots = unsafe { NonNull::new_unchecked(header.as_ptr().add(1).cast::<Slot>()) };
@@ -286,7 +325,12 @@ impl Attachment {
     #[inline(always)]
     pub(crate) fn slot<'s>(self: &'s Arc<Self>, heap: &SharedHeap<'s>) -> Option<Local<'s>> {
         let last = LAST.get();
-        if last.id == self.id && last.generation == process::fork_generation() {
+        // With the fork handler in place, a forked child's copy of LAST is
+        // reset (forget_in_child), so the generation need not be compared.
+        if last.id == self.id
+            && (FORK_RESETS.load(Ordering::Relaxed)
+                || last.generation == process::fork_generation())
+        {
             return Self::local(last);
         }
         self.slot_slow(heap)
@@ -294,24 +338,21 @@ impl Attachment {
 
     #[inline(always)]
     fn local<'s>(last: Last) -> Option<Local<'s>> {
-        // SAFETY: a slot this thread claimed through this attachment (ids
-        // are never reused) in this process generation, in the registry,
-        // which stays mapped while the caller holds the segment borrowed;
-        // the mirror is owned by this thread's entry for it, which lives
-        // until the thread exits (and LAST is reset before it goes).
-        let slot = unsafe { last.slot.as_ref() }?;
-        Some(Local {
-            slot,
-            custody: last.custody,
-            mirror: NonNull::new(last.mirror)?,
-        })
+        let mirror = NonNull::new(last.mirror)?;
+        // SAFETY: the mirror of a slot this thread claimed through this
+        // attachment (ids are never reused) in this process generation, in
+        // the registry, which stays mapped while the caller holds the
+        // segment borrowed; it is owned by this thread's entry for it,
+        // which lives until the thread exits (and LAST is reset before it
+        // goes).
+        Some(unsafe { Local::new(mirror) })
     }
 
     #[cold]
     fn slot_slow<'s>(self: &'s Arc<Self>, heap: &SharedHeap<'s>) -> Option<Local<'s>> {
         let generation = process::fork_generation();
         let last = LAST.get();
-        if last.id == self.id && last.generation == generation && last.slot.is_null() {
+        if last.id == self.id && last.generation == generation && last.mirror.is_null() {
             // None was free: look again only now and then.
             let left = RETRY.get();
             if left > 0 {
@@ -334,11 +375,11 @@ impl Attachment {
                 entries
                     .iter_mut()
                     .find(|e| e.att.id == self.id && e.generation == generation)
-                    .map(|e| (e.slot, &mut *e.mirror as *mut Mirror))
+                    .map(|e| &mut *e.mirror as *mut Mirror)
             })
             .ok()
             .flatten();
-        let (slot, mirror) = match found {
+        let mirror = match found {
             Some(found) => found,
             None => match self.claim_thread(heap) {
                 Some(s) => {
@@ -346,9 +387,8 @@ impl Attachment {
                     let mut entry = Entry {
                         att: Arc::clone(self),
                         index,
-                        slot: s,
                         generation,
-                        mirror: Box::new(Mirror::new()),
+                        mirror: Box::new(Mirror::new(s, heap.custody(s))),
                     };
                     // The Box's contents do not move with the entry.
                     let mirror: *mut Mirror = &mut *entry.mirror;
@@ -357,26 +397,18 @@ impl Attachment {
                         self.leave(index);
                         return None;
                     }
-                    (s as *const Slot, mirror)
+                    mirror
                 }
                 None => {
                     RETRY.set(RETRY_AFTER);
-                    (std::ptr::null(), std::ptr::null_mut())
+                    std::ptr::null_mut()
                 }
             },
-        };
-        let custody = if slot.is_null() {
-            0
-        } else {
-            // SAFETY: as in local().
-            heap.custody(unsafe { &*slot })
         };
         let last = Last {
             id: self.id,
             generation,
-            slot,
             mirror,
-            custody,
         };
         LAST.set(last);
         Self::local(last)
