@@ -74,6 +74,8 @@ use crate::heap::{self, SharedHeap, TypeCache};
 use crate::mmap::MappedMemory;
 use crate::registry::local::{Attachment, RegistryMap};
 use crate::registry::ProcessInfo;
+#[cfg(test)]
+use crate::registry::Slot;
 use crate::shm::{self, shm_unlink, FileLock, Mode, ShmFd};
 use crate::sys;
 
@@ -895,6 +897,63 @@ pub mod test_hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer zeroes the owner word of a slot a live thread of this
+    /// process uses: no other thread of this process may get that slot
+    /// (two threads on one cache would claim blocks with plain stores),
+    /// and no reaper of this process touches it.
+    #[test]
+    fn a_slot_a_peer_freed_under_a_live_thread_is_never_shared_in_this_process() {
+        let seg = Segment::anonymous(4 << 20).unwrap();
+        let heap = seg.heap();
+        let l = std::alloc::Layout::from_size_align(64, 8).unwrap();
+        let p = heap.alloc(l).unwrap();
+        // SAFETY: an untyped block nobody references.
+        unsafe { heap.free(p, l) }.unwrap();
+        let reg = heap.registry();
+        let mine: &Slot = heap.slot().unwrap().slot();
+        let me_word = mine.owner.load(Ordering::Relaxed);
+        // Every other slot taken (by "us": alive), so that a claim can
+        // only find this one; then the peer's write.
+        let others: Vec<&Slot> = reg
+            .slots
+            .iter()
+            .filter(|s| !std::ptr::eq(*s, mine) && s.owner.load(Ordering::Relaxed) == 0)
+            .collect();
+        for s in &others {
+            s.owner.store(me_word, Ordering::Relaxed);
+        }
+        mine.owner.store(0, Ordering::Relaxed);
+        // Another thread finds no slot it may use: it allocates without a
+        // cache, never through this one.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let q = heap.alloc(l).unwrap();
+                assert!(heap.slot().is_none_or(|t| !std::ptr::eq(t.slot(), mine)));
+                // SAFETY: as above.
+                unsafe { heap.free(q, l) }.unwrap();
+            });
+        });
+        for s in &others {
+            s.owner.store(0, Ordering::Relaxed);
+        }
+        // A reaper of this process leaves it alone, whatever it says.
+        mine.owner.store(me_word ^ 1, Ordering::Relaxed); // a dead "owner"
+
+        seg.reap();
+        let q = heap.alloc(l).unwrap();
+        assert!(std::ptr::eq(heap.slot().unwrap().slot(), mine));
+        // SAFETY: as above.
+        unsafe { heap.free(q, l) }.unwrap();
+        mine.owner.store(me_word, Ordering::Relaxed);
+        // The heap is intact; the skipped slot was counted as corruption.
+        let r = heap.check();
+        assert!(
+            r.corruption.len() == 1 && r.corruption[0].contains("corrupt"),
+            "{r}"
+        );
+        assert_eq!(r.leaked_blocks, 0);
+    }
 
     fn header_with(magic: &[u8]) -> [u8; HEADER_BYTES as usize] {
         let mut buf = [0u8; HEADER_BYTES as usize];

@@ -409,7 +409,7 @@ impl<'s> SharedHeap<'s> {
             self.reap_dead();
         }
         let me = my_identity();
-        for s in reg.slots {
+        for (i, s) in reg.slots.iter().enumerate() {
             if s.owner.load(Ordering::Relaxed) != 0
                 || first_of(s.heads[c].load(Ordering::Relaxed)) == 0
             {
@@ -423,7 +423,16 @@ impl<'s> SharedHeap<'s> {
             {
                 continue;
             }
+            // Never a cache a thread of this process uses (a peer zeroed
+            // its owner word): put the word back as found.
+            if self.att.is_some_and(|a| !a.take_local(i, me)) {
+                reg.release(s, me);
+                continue;
+            }
             let got = self.adopt_pop(s, c, ty, private);
+            if let Some(a) = self.att {
+                a.drop_local(i, me);
+            }
             reg.release(s, me);
             if got.is_some() {
                 return got;
@@ -460,7 +469,12 @@ impl<'s> SharedHeap<'s> {
         let reg = self.registry();
         let me = my_identity();
         let mut n = 0;
-        for s in reg.slots {
+        for (i, s) in reg.slots.iter().enumerate() {
+            // A slot a thread of this process uses is alive, whatever its
+            // owner word says (a peer may have written it).
+            if self.att.is_some_and(|a| a.is_local(i)) {
+                continue;
+            }
             if let Some(mine) = reg.take_dead(s, me) {
                 self.settle(s, reg);
                 reg.release(s, mine);

@@ -337,7 +337,7 @@ impl<'s> SharedHeap<'s> {
     /// The calling thread's slot (claimed on first use), if this view
     /// allocates through caches and a slot was free.
     #[inline(always)]
-    fn slot(&self) -> Option<Local<'s>> {
+    pub(crate) fn slot(&self) -> Option<Local<'s>> {
         match self.att {
             Some(att) => att.slot(self),
             None => None,

@@ -422,14 +422,26 @@ impl Attachment {
         let reg = self.registry();
         let me = my_identity();
         let start = process::ThreadIdentity::start_ticks(process::current_identity().detail);
-        let s = reg.claim(Kind::Thread, me, start).or_else(|| {
+        let claim = || {
+            // A slot some other thread of this process already uses (a
+            // peer zeroed its owner word under it) is never shared: skip
+            // it (it stays claimed in our name; see `take_local`).
+            for _ in 0..SLOTS {
+                let s = reg.claim(Kind::Thread, me, start)?;
+                if self.take_local(self.index(s), me) {
+                    return Some(s);
+                }
+                heap.note_corruption();
+            }
+            None
+        };
+        let s = claim().or_else(|| {
             heap.reap();
-            reg.claim(Kind::Thread, me, start)
+            claim()
         });
         match s {
             Some(s) => {
                 let i = self.index(s);
-                self.held[i].store(me, Ordering::Relaxed);
                 // The token, through the registry's own mapping (which
                 // outlives the segment's while this thread holds it).
                 // SAFETY: the slot was free (released after its last holder
@@ -462,10 +474,9 @@ impl Attachment {
             heap.reap();
             reg.claim(Kind::Process, me, start)
         });
-        match s {
+        match s.filter(|s| self.take_local(self.index(s), me)) {
             Some(s) => {
                 let i = self.index(s);
-                self.held[i].store(me, Ordering::Relaxed);
                 self.process_slot
                     .store(u64::from(pid) << 32 | (i as u64 + 1), Ordering::Relaxed);
             }
@@ -476,6 +487,30 @@ impl Attachment {
                     .store(u64::from(pid) << 32, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Marks slot `i` as used through this attachment by the calling
+    /// thread (`me`); false if a thread of this process already uses it.
+    /// The owner word in the segment decides between processes, but a
+    /// peer may write it: this process-local mark is what guarantees that
+    /// two threads of this process never share a cache (whose list they
+    /// change with plain stores).
+    pub(crate) fn take_local(&self, i: usize, me: u64) -> bool {
+        self.held[i]
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Undoes [`take_local`](Self::take_local).
+    pub(crate) fn drop_local(&self, i: usize, me: u64) {
+        let _ = self.held[i].compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether a thread of this process uses slot `i` through this
+    /// attachment (a reaper of this process leaves such a slot alone,
+    /// whatever its owner word says).
+    pub(crate) fn is_local(&self, i: usize) -> bool {
+        self.held[i].load(Ordering::Relaxed) != 0
     }
 
     fn index(&self, s: &Slot) -> usize {
