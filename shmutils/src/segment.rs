@@ -581,11 +581,13 @@ impl Segment {
         };
         let reg_map = RegistryMap::new(object, geo.reg_off)
             .map_err(|e| Error::io("mapping the segment's registry for thread tokens", e))?;
+        let st = sys::fstat(object).map_err(|e| Error::io("fstat of the segment's object", e))?;
         let range = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
         // SAFETY: the registry lies inside the mapping `range`, which the
         // Segment keeps until its Drop has detached the attachment; all
         // atomics; reg_map maps the same object's registry.
-        let att = unsafe { Attachment::new(view.registry_header(), range, reg_map) };
+        let att =
+            unsafe { Attachment::new(view.registry_header(), range, reg_map, (st.dev, st.ino)) };
         let seg = Segment {
             map,
             name,
@@ -897,6 +899,45 @@ pub mod test_hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same through two `Segment`s of one object in this process.
+    #[test]
+    fn a_slot_is_never_shared_through_two_segments_of_one_object() {
+        let name = format!("/shmutils-test-unit-twice-{}", std::process::id());
+        let mut one = Segment::create(&name, 4 << 20).unwrap();
+        one.unlink_on_drop(true).unwrap();
+        let two = Segment::open(&name).unwrap();
+        let (h1, h2) = (one.heap(), two.heap());
+        let l = std::alloc::Layout::from_size_align(64, 8).unwrap();
+        let p = h1.alloc(l).unwrap();
+        // SAFETY: an untyped block nobody references.
+        unsafe { h1.free(p, l) }.unwrap();
+        let mine: &Slot = h1.slot().unwrap().slot();
+        let custody = h1.custody(mine);
+        let me_word = mine.owner.load(Ordering::Relaxed);
+        let reg = h1.registry();
+        let others: Vec<&Slot> = reg
+            .slots
+            .iter()
+            .filter(|s| !std::ptr::eq(*s, mine) && s.owner.load(Ordering::Relaxed) == 0)
+            .collect();
+        for s in &others {
+            s.owner.store(me_word, Ordering::Relaxed);
+        }
+        mine.owner.store(0, Ordering::Relaxed);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let q = h2.alloc(l).unwrap();
+                assert!(h2.slot().is_none_or(|t| h2.custody(t.slot()) != custody));
+                // SAFETY: as above.
+                unsafe { h2.free(q, l) }.unwrap();
+            });
+        });
+        for s in &others {
+            s.owner.store(0, Ordering::Relaxed);
+        }
+        mine.owner.store(me_word, Ordering::Relaxed);
+    }
 
     /// A peer zeroes the owner word of a slot a live thread of this
     /// process uses: no other thread of this process may get that slot

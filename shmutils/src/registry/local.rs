@@ -55,6 +55,15 @@ const RETRY_AFTER: u32 = 4096;
 type Attached = Vec<(usize, usize, Weak<Attachment>)>;
 static ATTACHED: ForkSafe<Attached> = ForkSafe::new(Vec::new(), Vec::new());
 
+/// The registry slots threads of this process use, by object (`st_dev`,
+/// `st_ino`) and slot index, across every `Segment` of the object in the
+/// process: `take_local` marks a slot here, so two threads of this process
+/// never share one (a cache's list changes with plain stores by its one
+/// owner), whatever a peer writes in the segment. Only the claiming paths
+/// (not the allocation path) touch it.
+type Taken = Vec<(u64, u64, usize)>;
+static TAKEN: ForkSafe<Taken> = ForkSafe::new(Vec::new(), Vec::new());
+
 /// A second mapping of a segment's registry pages (read-write, shared):
 /// the address its threads take their tokens at. Unmapped when the last
 /// `Arc` goes, which is after every thread of this process gave its token
@@ -143,6 +152,8 @@ pub(crate) struct Attachment {
     tokens: Box<[AtomicBool]>,
     /// The process slot: `pid << 32 | index + 1` (0: none).
     process_slot: AtomicU64,
+    /// The object's identity (`st_dev`, `st_ino`), for `TAKEN`.
+    object: (u64, u64),
 }
 
 impl std::fmt::Debug for Attachment {
@@ -275,6 +286,7 @@ impl Attachment {
         header: NonNull<RegistryHeader>,
         range: (usize, usize),
         map: RegistryMap,
+        object: (u64, u64),
     ) -> Arc<Attachment> {
         static RESOLVER: Once = Once::new();
         // SAFETY: `resolve` returns tokens in the registry of a live
@@ -298,6 +310,7 @@ impl Attachment {
             held: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             tokens: (0..SLOTS).map(|_| AtomicBool::new(false)).collect(),
             process_slot: AtomicU64::new(0),
+            object,
         });
         let weak = Arc::downgrade(&att);
         ATTACHED
@@ -496,21 +509,39 @@ impl Attachment {
     /// two threads of this process never share a cache (whose list they
     /// change with plain stores).
     pub(crate) fn take_local(&self, i: usize, me: u64) -> bool {
-        self.held[i]
-            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        let (dev, ino) = self.object;
+        let mut taken = TAKEN.lock();
+        if taken.get().contains(&(dev, ino, i)) {
+            return false;
+        }
+        taken.change(|t| t.push((dev, ino, i)));
+        drop(taken);
+        self.held[i].store(me, Ordering::Relaxed);
+        true
     }
 
     /// Undoes [`take_local`](Self::take_local).
     pub(crate) fn drop_local(&self, i: usize, me: u64) {
-        let _ = self.held[i].compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed);
+        if self.held[i]
+            .compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.untake(i);
+        }
     }
 
-    /// Whether a thread of this process uses slot `i` through this
-    /// attachment (a reaper of this process leaves such a slot alone,
-    /// whatever its owner word says).
+    /// Removes slot `i` of this object from `TAKEN`.
+    fn untake(&self, i: usize) {
+        let (dev, ino) = self.object;
+        TAKEN.lock().change(|t| t.retain(|&e| e != (dev, ino, i)));
+    }
+
+    /// Whether a thread of this process uses slot `i` (through any
+    /// `Segment` of the object): a reaper of this process leaves such a
+    /// slot alone, whatever its owner word says.
     pub(crate) fn is_local(&self, i: usize) -> bool {
-        self.held[i].load(Ordering::Relaxed) != 0
+        let (dev, ino) = self.object;
+        TAKEN.lock().get().contains(&(dev, ino, i))
     }
 
     fn index(&self, s: &Slot) -> usize {
@@ -525,6 +556,7 @@ impl Attachment {
         if me == 0 {
             return;
         }
+        self.untake(i);
         let reg = self.map.registry();
         if self.tokens[i].swap(false, Ordering::Relaxed) {
             // SAFETY: this thread took the token at this address in
