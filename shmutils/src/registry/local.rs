@@ -319,8 +319,8 @@ impl Attachment {
         att
     }
 
-    /// The registry (only while alive: every caller holds the `Segment`
-    /// borrowed, or is a user counted in `users`).
+    /// The registry in the segment's mapping (only while alive: every
+    /// caller holds the `Segment` borrowed; after it, `map`'s view serves).
     pub(crate) fn registry(&self) -> Registry<'_> {
         // SAFETY: `new`'s contract: the registry stays mapped while the
         // attachment is alive, and callers only ask while it is; all

@@ -1,9 +1,17 @@
 //! Who is attached to a segment: a fixed table of [`SLOTS`] slots inside
 //! the heap's bookkeeping, one per attached process ([`Segment`] made or
-//! opened) and one per thread that allocated through it. A thread's slot
-//! also holds its **allocation cache** (`heap/cache.rs`): free blocks it
-//! keeps at hand, linked through their meta words, so that the common
-//! `alloc`/`free` touches only memory the thread owns.
+//! opened) and one per thread that uses its heap (from its first
+//! `seg.heap()` or allocation). A thread's slot also holds
+//! - its **allocation cache** (`heap/cache.rs`): free blocks it keeps at
+//!   hand, linked through their meta words, so that the common
+//!   `alloc`/`free` touches only memory the thread owns;
+//! - its **death token** (`lock/token.rs`): a robust mutex it holds while
+//!   it lives, which lock waiters in other processes sleep on.
+//!
+//! This process's side (`local.rs`) finds the calling thread's slot in one
+//! thread-local lookup, and marks, per object, the slots its threads use,
+//! so that two threads of one process never share a slot whatever a peer
+//! writes in the owner words.
 //!
 //! # A slot's owner word
 //! ```text
@@ -16,10 +24,10 @@
 //! ----------------------  -----------------------------  -----------------------------
 //! 0                       free (its cache, if any, is    claim: CAS 0 -> identity
 //!                         kept for the next owner)
-//! identity                owned by that thread           the owner: store 0 (release);
+//! identity                owned by that thread           the owner: CAS -> 0 (release);
 //!                                                        anyone, once the owner is
 //!                                                        dead: CAS -> REAPING | self
-//! REAPING | identity      being reaped by that thread    the reaper: store 0; anyone,
+//! REAPING | identity      being reaped by that thread    the reaper: CAS -> 0; anyone,
 //!                                                        once the reaper is dead:
 //!                                                        CAS -> REAPING | self
 //! ```
