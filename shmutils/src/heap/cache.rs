@@ -2,16 +2,21 @@
 //! allocation and free of a block up to 256 KiB, for a heap reached
 //! through a [`Segment`](crate::Segment).
 //!
-//! Each thread that allocates claims a slot in the segment's registry
+//! Each thread that uses the heap claims a slot in the segment's registry
 //! (`registry/`); per cached size class the slot holds a list of free
 //! blocks, linked through their meta words like the shared lists, whose
 //! head (`count << 40 | first / 8`) only the slot's owner writes. An
 //! allocation pops the list's first block and a free pushes the block, with
-//! plain stores to the thread's own cache line and one store (alloc) or
-//! CAS (free: it still catches a double free, across processes) on the
-//! block's meta word. A list longer than its class's cap sends frees to the
-//! shared lists; an empty one takes its next block from a shared list
-//! (or a new span).
+//! plain stores to the thread's own cache line and one plain store on the
+//! block's meta word: to claim it, after checking that the word is a free
+//! word of this very cache (its custody, `meta.rs`: no other claimer takes
+//! such a block, and no other thread of this process uses this cache), and
+//! to free it, after checking that it is allocated (a double free is caught
+//! unless it races the first one within those few instructions). A
+//! process-local [`Mirror`] of the list's top saves the page map lookup on
+//! the way out. A list longer than its class's cap sends frees to the
+//! shared lists; an empty one takes its next block from a shared list (or
+//! a new span).
 //!
 //! # Crash safety
 //! The blocks of a cache live in the segment, not in the process: a slot
@@ -35,9 +40,10 @@
 //! returned, the block being freed) are its own to lose.
 //!
 //! # Fork
-//! A child's thread-local lookup of its slot carries the fork generation,
-//! so a forked child never uses its parent's cache: it claims a slot of
-//! its own.
+//! The fork handler resets the forking thread's thread-local lookup in
+//! the child (or, without the handler, the lookup carries the fork
+//! generation), so a forked child never uses its parent's cache: it claims
+//! a slot of its own.
 
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicU64, Ordering};

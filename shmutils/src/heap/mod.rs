@@ -30,6 +30,11 @@
 //!   stack whose head is one `AtomicU64` (on its own cache line) with an
 //!   ABA tag, linked through the meta words. A thread works on one shard
 //!   and moves to another when it loses a CAS race.
+//! - In a heap reached through a [`Segment`](crate::Segment), each thread
+//!   allocates and frees blocks up to 256 KiB through its own **cache**, a
+//!   list per class kept in its registry slot (`cache.rs`); the shared
+//!   lists serve caches that run empty or full, and heaps without a
+//!   registry attachment.
 //! - New slabs and large blocks are **carved** from the arena with a CAS on
 //!   a bump counter of pages; a **page map** (one word per page) records the
 //!   class of each carved page, so any offset leads to its block in O(1).
@@ -43,8 +48,9 @@
 //! No operation takes a lock, so no process can leave the heap blocked.
 //! Every change is a single CAS or store; a process killed between two of
 //! them loses at most the block it was handing out or taking back (or the
-//! slab it was carving). [`SharedHeap::check`] tells such leaked blocks
-//! apart from corruption.
+//! slab it was carving), and a reaper gives back what it can tell was free
+//! (`cache.rs`). [`SharedHeap::check`] tells leaked blocks apart from
+//! corruption.
 //!
 //! # Ownership: who may free a block
 //! A `&T` from [`get`](SharedHeap::get) lives as long as the segment's
