@@ -5,7 +5,7 @@
 //! Each thread that uses the heap claims a slot in the segment's registry
 //! (`registry/`); per cached size class the slot holds a list of free
 //! blocks, linked through their meta words like the shared lists, whose
-//! head (`count << 40 | first / 8`) only the slot's owner writes. An
+//! head (`count << 40 | first`, offsets being below 2^40) only the slot's owner writes. An
 //! allocation pops the list's first block and a free pushes the block, with
 //! plain stores to the thread's own cache line and one plain store on the
 //! block's meta word: to claim it, after checking that the word is a free
@@ -48,7 +48,7 @@
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::class::{block_size, GRANULE, NCLASSES, NSMALL, PAGE};
+use super::class::{block_size, NCLASSES, NSMALL, PAGE};
 use super::layout::NSHARDS;
 use super::meta;
 use super::stack::{self, Pop};
@@ -149,12 +149,12 @@ impl Mirror {
 
 #[inline]
 fn head_word(first: u64, count: u64) -> u64 {
-    count << 40 | (first / GRANULE) & POS_MASK
+    count << 40 | first & POS_MASK
 }
 
 #[inline]
 fn first_of(h: u64) -> u64 {
-    (h & POS_MASK) * GRANULE
+    h & POS_MASK
 }
 
 impl<'s> SharedHeap<'s> {

@@ -144,6 +144,8 @@ pub struct SharedHeap<'s> {
     /// This process's attachment to the heap's registry (`None`: no
     /// per-thread caches, every allocation takes the shared path).
     att: Option<&'s Arc<Attachment>>,
+    /// `att`'s id (0: none), for the allocation path's thread-local lookup.
+    att_id: u64,
     _mapping: PhantomData<&'s [AtomicU64]>,
 }
 
@@ -281,6 +283,7 @@ impl<'s> SharedHeap<'s> {
             name,
             id,
             att: None,
+            att_id: 0,
             _mapping: PhantomData,
         })
     }
@@ -307,6 +310,7 @@ impl<'s> SharedHeap<'s> {
             name,
             id,
             att: None,
+            att_id: 0,
             _mapping: PhantomData,
         }
     }
@@ -318,6 +322,7 @@ impl<'s> SharedHeap<'s> {
     /// `att` must be attached to this heap's registry.
     pub(crate) unsafe fn with_attachment(mut self, att: &'s Arc<Attachment>) -> SharedHeap<'s> {
         self.att = Some(att);
+        self.att_id = att.id();
         self
     }
 
@@ -344,6 +349,10 @@ impl<'s> SharedHeap<'s> {
     /// allocates through caches and a slot was free.
     #[inline(always)]
     pub(crate) fn slot(&self) -> Option<Local<'s>> {
+        // The thread-local lookup first: it needs only the id.
+        if let Some(l) = Attachment::cached(self.att_id) {
+            return Some(l);
+        }
         match self.att {
             Some(att) => att.slot(self),
             None => None,

@@ -333,6 +333,30 @@ impl Attachment {
         }
     }
 
+    /// This attachment's id (never 0, never reused in the process).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The calling thread's slot through the attachment with id `id`, if
+    /// its thread-local lookup has it (a `SharedHeap` keeps the id beside
+    /// its attachment, so the common case reads nothing else). `None`:
+    /// ask [`slot`](Self::slot).
+    #[inline(always)]
+    pub(crate) fn cached<'s>(id: u64) -> Option<Local<'s>> {
+        let last = LAST.get();
+        if id != 0
+            && last.id == id
+            && (FORK_RESETS.load(Ordering::Relaxed)
+                || last.generation == process::fork_generation())
+        {
+            // `local` gives None for the "no slot free" entry; `slot` then
+            // decides when to look again.
+            return Self::local(last);
+        }
+        None
+    }
+
     /// The calling thread's slot, claiming one the first time; `None` when
     /// every slot is taken.
     #[inline(always)]
