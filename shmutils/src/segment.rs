@@ -75,7 +75,7 @@ use crate::mmap::MappedMemory;
 use crate::registry::local::{Attachment, RegistryMap};
 use crate::registry::ProcessInfo;
 #[cfg(test)]
-use crate::registry::Slot;
+use crate::registry::{Registry, Slot};
 use crate::shm::{self, shm_unlink, FileLock, Mode, ShmFd};
 use crate::sys;
 
@@ -900,6 +900,31 @@ pub mod test_hooks {
 mod tests {
     use super::*;
 
+    /// Stages a peer's write: every other free slot of `reg` taken (in the
+    /// name of `mine`'s owner, who lives), then `mine`'s owner word zeroed,
+    /// so that a claim can only find `mine`. Returns that owner word and
+    /// the slots taken, for [`unstage`].
+    fn stage_peer_zeroing<'a>(reg: Registry<'a>, mine: &'a Slot) -> (u64, Vec<&'a Slot>) {
+        let me_word = mine.owner.load(Ordering::Relaxed);
+        let others: Vec<&Slot> = reg
+            .slots
+            .iter()
+            .filter(|s| !std::ptr::eq(*s, mine) && s.owner.load(Ordering::Relaxed) == 0)
+            .collect();
+        for s in &others {
+            s.owner.store(me_word, Ordering::Relaxed);
+        }
+        mine.owner.store(0, Ordering::Relaxed);
+        (me_word, others)
+    }
+
+    /// Frees the slots [`stage_peer_zeroing`] took.
+    fn unstage(others: &[&Slot]) {
+        for s in others {
+            s.owner.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The same through two `Segment`s of one object in this process.
     #[test]
     fn a_slot_is_never_shared_through_two_segments_of_one_object() {
@@ -914,17 +939,7 @@ mod tests {
         unsafe { h1.free(p, l) }.unwrap();
         let mine: &Slot = h1.slot().unwrap().slot();
         let custody = h1.custody(mine);
-        let me_word = mine.owner.load(Ordering::Relaxed);
-        let reg = h1.registry();
-        let others: Vec<&Slot> = reg
-            .slots
-            .iter()
-            .filter(|s| !std::ptr::eq(*s, mine) && s.owner.load(Ordering::Relaxed) == 0)
-            .collect();
-        for s in &others {
-            s.owner.store(me_word, Ordering::Relaxed);
-        }
-        mine.owner.store(0, Ordering::Relaxed);
+        let (me_word, others) = stage_peer_zeroing(h1.registry(), mine);
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 let q = h2.alloc(l).unwrap();
@@ -933,9 +948,7 @@ mod tests {
                 unsafe { h2.free(q, l) }.unwrap();
             });
         });
-        for s in &others {
-            s.owner.store(0, Ordering::Relaxed);
-        }
+        unstage(&others);
         mine.owner.store(me_word, Ordering::Relaxed);
     }
 
@@ -951,20 +964,8 @@ mod tests {
         let p = heap.alloc(l).unwrap();
         // SAFETY: an untyped block nobody references.
         unsafe { heap.free(p, l) }.unwrap();
-        let reg = heap.registry();
         let mine: &Slot = heap.slot().unwrap().slot();
-        let me_word = mine.owner.load(Ordering::Relaxed);
-        // Every other slot taken (by "us": alive), so that a claim can
-        // only find this one; then the peer's write.
-        let others: Vec<&Slot> = reg
-            .slots
-            .iter()
-            .filter(|s| !std::ptr::eq(*s, mine) && s.owner.load(Ordering::Relaxed) == 0)
-            .collect();
-        for s in &others {
-            s.owner.store(me_word, Ordering::Relaxed);
-        }
-        mine.owner.store(0, Ordering::Relaxed);
+        let (me_word, others) = stage_peer_zeroing(heap.registry(), mine);
         // Another thread finds no slot it may use: it allocates without a
         // cache, never through this one.
         std::thread::scope(|sc| {
@@ -975,12 +976,9 @@ mod tests {
                 unsafe { heap.free(q, l) }.unwrap();
             });
         });
-        for s in &others {
-            s.owner.store(0, Ordering::Relaxed);
-        }
+        unstage(&others);
         // A reaper of this process leaves it alone, whatever it says.
         mine.owner.store(me_word ^ 1, Ordering::Relaxed); // a dead "owner"
-
         seg.reap();
         let q = heap.alloc(l).unwrap();
         assert!(std::ptr::eq(heap.slot().unwrap().slot(), mine));

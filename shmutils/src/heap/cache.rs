@@ -196,7 +196,7 @@ impl<'s> SharedHeap<'s> {
             Some((o, w)) if o == off => unsafe { &*w },
             _ => {
                 m.len[c] = 0;
-                return self.cache_pop_checked(l, c, ty, private);
+                return self.cache_pop_checked(l.slot(), l.custody(), c, ty, private);
             }
         };
         m.len[c] -= 1;
@@ -205,21 +205,24 @@ impl<'s> SharedHeap<'s> {
         let Some(next) = meta::held_link_at_own_word(word.load(Ordering::Relaxed), l.custody())
         else {
             m.len[c] = 0;
-            return self.cache_pop_checked(l, c, ty, private);
+            return self.cache_pop_checked(l.slot(), l.custody(), c, ty, private);
         };
         Some(self.cache_take(s, hw, h, off, next, word, ty, private))
     }
 
-    /// The checked pop: the head located through the page map.
+    /// The checked pop, from the cache of slot `s` (custody `custody`),
+    /// which the caller holds: the head located through the page map. A
+    /// list that leads to garbage is dropped (leaked).
     #[inline(never)]
     fn cache_pop_checked(
         &self,
-        l: Local<'s>,
+        s: &'s Slot,
+        custody: u8,
         c: usize,
         ty: u32,
         private: bool,
     ) -> Option<(u64, &'s AtomicU64)> {
-        let hw = &l.slot().heads[c];
+        let hw = &s.heads[c];
         let h = hw.load(Ordering::Relaxed);
         let off = first_of(h);
         if off == 0 {
@@ -229,9 +232,7 @@ impl<'s> SharedHeap<'s> {
             .block_at(off)
             .filter(|b| b.class == c && b.start == off)
             .and_then(|b| self.meta_word(b))
-            .and_then(|w| {
-                meta::held_link(w.load(Ordering::Relaxed), off, l.custody()).map(|n| (w, n))
-            });
+            .and_then(|w| meta::held_link(w.load(Ordering::Relaxed), off, custody).map(|n| (w, n)));
         let Some((word, next)) = found else {
             // A peer scribbled over the list (or its head): leak the rest
             // rather than follow it.
@@ -239,7 +240,7 @@ impl<'s> SharedHeap<'s> {
             hw.store(0, Ordering::Relaxed);
             return None;
         };
-        Some(self.cache_take(l.slot(), hw, h, off, next, word, ty, private))
+        Some(self.cache_take(s, hw, h, off, next, word, ty, private))
     }
 
     /// Takes the block `off` (whose word `word` said "free in this cache,
@@ -435,7 +436,7 @@ impl<'s> SharedHeap<'s> {
                 reg.release(s, me);
                 continue;
             }
-            let got = self.adopt_pop(s, c, ty, private);
+            let got = self.cache_pop_checked(s, self.custody(s), c, ty, private);
             if let Some(a) = self.att {
                 a.drop_local(i, me);
             }
@@ -445,29 +446,6 @@ impl<'s> SharedHeap<'s> {
             }
         }
         None
-    }
-
-    /// A checked pop from the cache of a slot the caller claimed for the
-    /// moment (no mirror).
-    fn adopt_pop(
-        &self,
-        s: &'s Slot,
-        c: usize,
-        ty: u32,
-        private: bool,
-    ) -> Option<(u64, &'s AtomicU64)> {
-        let hw = &s.heads[c];
-        let h = hw.load(Ordering::Relaxed);
-        let off = first_of(h);
-        let custody = self.custody(s);
-        let (word, next) = self
-            .block_at(off)
-            .filter(|b| off != 0 && b.class == c && b.start == off)
-            .and_then(|b| self.meta_word(b))
-            .and_then(|w| {
-                meta::held_link(w.load(Ordering::Relaxed), off, custody).map(|n| (w, n))
-            })?;
-        Some(self.cache_take(s, hw, h, off, next, word, ty, private))
     }
 
     /// Reaps every slot whose owner (or reaper) is dead; returns how many.
@@ -623,6 +601,20 @@ mod tests {
         (l, offs)
     }
 
+    /// Stages a thread that died taking the first block of its cache of
+    /// 64-byte blocks, after moving the head and before claiming the word:
+    /// returns the block and its word.
+    fn die_taking<'s>(heap: &SharedHeap<'s>, l: Local<'s>) -> (u64, &'s AtomicU64) {
+        let c = class64();
+        let h = l.slot().heads[c].load(Ordering::Relaxed);
+        let top = first_of(h);
+        let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
+        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody()).unwrap();
+        l.slot().inflight.store(top, Ordering::Relaxed);
+        l.slot().heads[c].store(head_word(next, (h >> 40) - 1), Ordering::Relaxed);
+        (top, w)
+    }
+
     fn class64() -> usize {
         super::super::class::class_of(Layout::from_size_align(64, 8).unwrap()).unwrap()
     }
@@ -632,16 +624,10 @@ mod tests {
         let region = TestRegion::new(1 << 20);
         let heap = region.heap();
         let (l, offs) = dead_cache(&heap, 4);
-        let c = class64();
         // Died between moving the head and claiming the word: the block is
         // free and in no list.
-        let h = l.slot().heads[c].load(Ordering::Relaxed);
-        let top = first_of(h);
+        let (top, _) = die_taking(&heap, l);
         assert_eq!(top, offs[3]);
-        let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
-        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody()).unwrap();
-        l.slot().inflight.store(top, Ordering::Relaxed);
-        l.slot().heads[c].store(head_word(next, 3), Ordering::Relaxed);
         assert_eq!(heap.check().leaked_blocks, 1);
         assert_eq!(heap.reap_dead(), 1);
         let r = heap.check();
@@ -662,12 +648,7 @@ mod tests {
         let c = class64();
         // Died after claiming, before clearing the record: the block is
         // the dead thread's (allocated, never published): it stays so.
-        let h = l.slot().heads[c].load(Ordering::Relaxed);
-        let top = first_of(h);
-        let w = heap.meta_word(heap.block_at(top).unwrap()).unwrap();
-        let next = meta::held_link(w.load(Ordering::Relaxed), top, l.custody()).unwrap();
-        l.slot().inflight.store(top, Ordering::Relaxed);
-        l.slot().heads[c].store(head_word(next, 3), Ordering::Relaxed);
+        let (top, w) = die_taking(&heap, l);
         w.store(meta::allocated(meta::RAW, top, false), Ordering::Relaxed);
         assert_eq!(heap.reap_dead(), 1);
         let r = heap.check();

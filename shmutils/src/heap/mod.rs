@@ -99,7 +99,7 @@ use crate::error::{Error, Result};
 use crate::process;
 use crate::ptr::{RelPtr, RelSlice};
 use crate::registry::local::{Attachment, Local};
-use crate::registry::{Registry, RegistryHeader, Slot, SLOTS};
+use crate::registry::{Registry, RegistryHeader};
 use crate::shared::Shared;
 use crate::sys;
 
@@ -329,20 +329,16 @@ impl<'s> SharedHeap<'s> {
     /// The registry inside the heap's bookkeeping.
     pub(crate) fn registry(&self) -> Registry<'s> {
         // SAFETY: the registry lies at reg_off inside the mapping (attach
-        // validated the geometry): a 64-byte header then SLOTS slots,
-        // 64-aligned, all atomics.
-        unsafe {
-            let header = self.base.as_ptr().add(self.geo.reg_off as usize);
-            Registry {
-                header: &*(header as *const RegistryHeader),
-                slots: std::slice::from_raw_parts(header.add(64) as *const Slot, SLOTS),
-            }
-        }
+        // validated the geometry), 64-aligned, mapped for 's; all atomics.
+        unsafe { Registry::at(self.registry_header()) }
     }
 
     /// The registry's header, for an attachment to hold.
     pub(crate) fn registry_header(&self) -> NonNull<RegistryHeader> {
-        NonNull::from(self.registry().header)
+        let at = self.raw(self.geo.reg_off).cast::<RegistryHeader>();
+        // SAFETY: base is non-null and reg_off lies inside the mapping, so
+        // base + reg_off is too.
+        unsafe { NonNull::new_unchecked(at) }
     }
 
     /// The calling thread's slot (claimed on first use), if this view

@@ -111,17 +111,9 @@ impl RegistryMap {
     }
 
     fn registry(&self) -> Registry<'_> {
-        // SAFETY: the registry (a 64-byte header then SLOTS slots, all
-        // atomics) lies inside this mapping, which lives as long as self.
-        unsafe {
-            Registry {
-                header: self.header.as_ref(),
-                slots: std::slice::from_raw_parts(
-                    self.header.as_ptr().add(1).cast::<Slot>(),
-                    SLOTS,
-                ),
-            }
-        }
+        // SAFETY: the registry lies inside this mapping, which lives as
+        // long as self; all atomics.
+        unsafe { Registry::at(self.header) }
     }
 }
 
@@ -139,7 +131,6 @@ pub(crate) struct Attachment {
     id: u64,
     /// The registry inside the segment's mapping (valid while `alive`).
     header: NonNull<RegistryHeader>,
-    slots: NonNull<Slot>,
     /// The same registry through its own mapping, for tokens.
     map: Arc<RegistryMap>,
     /// False once the `Segment` is being dropped.
@@ -298,13 +289,9 @@ impl Attachment {
         if process::fork_handler_registered() {
             FORK_RESETS.store(true, Ordering::Relaxed);
         }
-        // SAFETY: the slots follow the 64-byte header inside the registry
-        // (the caller's contract).
-        let slots = unsafe { NonNull::new_unchecked(header.as_ptr().add(1).cast::<Slot>()) };
         let att = Arc::new(Attachment {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             header,
-            slots,
             map: Arc::new(map),
             alive: AtomicBool::new(true),
             held: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -325,12 +312,7 @@ impl Attachment {
         // SAFETY: `new`'s contract: the registry stays mapped while the
         // attachment is alive, and callers only ask while it is; all
         // atomics.
-        unsafe {
-            Registry {
-                header: self.header.as_ref(),
-                slots: std::slice::from_raw_parts(self.slots.as_ptr(), SLOTS),
-            }
-        }
+        unsafe { Registry::at(self.header) }
     }
 
     /// This attachment's id (never 0, never reused in the process).
@@ -569,7 +551,8 @@ impl Attachment {
     }
 
     fn index(&self, s: &Slot) -> usize {
-        (s as *const Slot as usize - self.slots.as_ptr() as usize) / std::mem::size_of::<Slot>()
+        (s as *const Slot as usize - self.header.as_ptr().wrapping_add(1) as usize)
+            / std::mem::size_of::<Slot>()
     }
 
     /// Gives up the token of slot `i` and frees the slot, for the thread

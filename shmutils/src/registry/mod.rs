@@ -207,6 +207,23 @@ pub(crate) struct Registry<'s> {
 }
 
 impl<'s> Registry<'s> {
+    /// The registry whose header is at `header` (its slots follow it).
+    ///
+    /// # Safety
+    /// `header` must point to a registry (a 64-byte header, then [`SLOTS`]
+    /// slots) in memory that stays mapped for `'s` and is only accessed
+    /// through atomics.
+    pub(crate) unsafe fn at(header: std::ptr::NonNull<RegistryHeader>) -> Registry<'s> {
+        // SAFETY: the caller's contract; the slots follow the header
+        // (64 bytes, so they are 64-aligned too); all atomics.
+        unsafe {
+            Registry {
+                header: header.as_ref(),
+                slots: std::slice::from_raw_parts(header.as_ptr().add(1).cast::<Slot>(), SLOTS),
+            }
+        }
+    }
+
     /// Claims a free slot for the calling thread as `kind`. `None` when
     /// every slot is taken (counted in [`RegistryHeader::full`]).
     pub(crate) fn claim(&self, kind: Kind, me: u64, start_ticks: u64) -> Option<&'s Slot> {
