@@ -553,3 +553,69 @@ fn a_waiter_behind_a_live_holder_sleeps_until_its_death() {
     assert!(woke <= 5, "the waiter woke {woke} times in 2 s");
     assert_eq!(got, Some(7), "OwnerDied, with the dead holder's write");
 }
+
+/// `Segment::reap` is safe to call at any time: while threads of this
+/// process allocate, free and check their blocks' contents, repeated
+/// reaps find nothing to reap and no block reaches two owners.
+#[test]
+fn reaping_while_live_threads_allocate_touches_nothing_of_theirs() {
+    let seg = Segment::anonymous(32 << 20).unwrap();
+    let heap = seg.heap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reaped = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (heap, stop) = (&heap, &stop);
+                sc.spawn(move || {
+                    let mut rng = 0x9e37_79b9 ^ (t + 1);
+                    let mut held: Vec<(RelPtr<u8>, Layout, u8)> = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) || n < 10_000 {
+                        n += 1;
+                        let r = xorshift(&mut rng);
+                        if held.len() < 64 && r % 2 == 0 {
+                            let l = ledger::random_layout(r >> 4);
+                            let p = heap.alloc(l).unwrap();
+                            let tag = (r >> 56) as u8;
+                            // SAFETY: a block this thread just allocated,
+                            // l.size() bytes, reached by nobody else.
+                            unsafe {
+                                std::ptr::write_bytes(heap.as_ptr(p).unwrap(), tag, l.size())
+                            };
+                            held.push((p, l, tag));
+                        } else if let Some((p, l, tag)) = held.pop() {
+                            // SAFETY: as above; only this thread wrote it.
+                            let bytes = unsafe {
+                                std::slice::from_raw_parts(heap.as_ptr(p).unwrap(), l.size())
+                            };
+                            assert!(
+                                bytes.iter().all(|&b| b == tag),
+                                "a block changed under its owner"
+                            );
+                            // SAFETY: our block; the slice above is dead.
+                            unsafe { heap.free(p, l) }.unwrap();
+                        }
+                    }
+                    for (p, l, _) in held {
+                        // SAFETY: as above.
+                        unsafe { heap.free(p, l) }.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut reaped = 0;
+        for _ in 0..200 {
+            reaped += seg.reap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        reaped
+    });
+    assert_eq!(reaped, 0, "live threads' slots were reaped");
+    let r = heap.check();
+    assert!(r.is_clean(), "{r}");
+    assert_eq!(heap.stats().in_use_blocks, 0);
+}
